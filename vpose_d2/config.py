@@ -1,0 +1,166 @@
+"""Every config key vpose_d2 adds to Detectron2's, with paper defaults.
+
+Defaults follow the papers (``../shared/papers``); where the public releases differ, the
+release value is noted beside the key. ``add_vpose_config`` is idempotent.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_vpose_config", "get_vpose_cfg"]
+
+
+def add_vpose_config(cfg: CN) -> None:
+    """Add vpose_d2's keys to a Detectron2 config in place (idempotent)."""
+    if "VPOSE" in cfg.MODEL:
+        return
+    _add_data_config(cfg)
+    _add_model_config(cfg)
+    _add_pave_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# Data: clips, augmentation, datasets
+# ------------------------------------------------------------------------------------------
+def _add_data_config(cfg: CN) -> None:
+    cfg.INPUT.CLIP = CN()
+    # Frame offsets of the neighbours around the key frame (the key frame, offset 0, is added
+    # by the mapper). PAVE-Net's temporal span 1 is [-1, 1]; span 2 is [-2, -1, 1, 2].
+    cfg.INPUT.CLIP.OFFSETS = [-1, 1]
+    # Train on every frame with labels as key frame (PoseTrack labels every 4th val frame).
+    cfg.INPUT.CLIP.LABELED_ONLY = True
+    # Horizontal flip probability (the flip map comes from dataset metadata).
+    cfg.INPUT.CLIP.FLIP_PROB = 0.5
+    # Photometric augmentation (brightness/contrast/saturation ranges, 0 disables).
+    cfg.INPUT.CLIP.PHOTOMETRIC = 0.0
+    # Pseudo-video for image datasets (COCO): neighbours are the same image rotated by
+    # +/- n degrees with n ~ U{0..MAX_ROTATION} (PAVE-Net's COCO pretraining).
+    cfg.INPUT.CLIP.PSEUDO_VIDEO_MAX_ROTATION = 5
+    # Synthetic PoseTrack set (tools/make_synthetic_posetrack.py): where it lives.
+    cfg.DATASETS.SYNTHETIC_ROOT = "datasets/synthetic_posetrack"
+
+
+# ------------------------------------------------------------------------------------------
+# Image pose transformer (PETR-style): shared by every meta-architecture
+# ------------------------------------------------------------------------------------------
+def _add_model_config(cfg: CN) -> None:
+    cfg.MODEL.VPOSE = CN()
+    _C = cfg.MODEL.VPOSE
+    # Number of joints; 0 means read it from the first training dataset's metadata.
+    _C.NUM_KEYPOINTS = 0
+    _C.HIDDEN_DIM = 256
+    _C.NHEADS = 8
+    _C.NUM_FEATURE_LEVELS = 4
+    _C.DIM_FEEDFORWARD = 1024
+    _C.DROPOUT = 0.1
+    # Deformable encoder.
+    _C.ENC_LAYERS = 6
+    _C.ENC_N_POINTS = 4
+    # Pose decoder (queries = top-N proposals from encoder tokens).
+    _C.NUM_QUERIES = 300
+    _C.DEC_LAYERS = 3
+    # Joint decoder (K joint queries per person). Paper 3, release 2.
+    _C.JOINT_DEC_LAYERS = 3
+    _C.JOINT_DEC_N_POINTS = 4
+    # Persons refined by the joint decoder at test time (matched positives in training).
+    _C.NUM_JOINT_PERSONS_TEST = 20
+    # "auto" (compiled kernel where built for the tensor's device), "compiled", "reference".
+    _C.ATTN_IMPL = "auto"
+
+    _C.MATCHER = CN()
+    _C.MATCHER.COST_CLASS = 2.0
+    _C.MATCHER.COST_KEYPOINT = 70.0
+    _C.MATCHER.COST_OKS = 7.0
+
+    _C.LOSS = CN()
+    _C.LOSS.FOCAL_ALPHA = 0.25
+    _C.LOSS.FOCAL_GAMMA = 2.0
+    _C.LOSS.CLASS_WEIGHT = 0.5
+    # "rle" (paper) or "l1_oks" (PETR without RLE).
+    _C.LOSS.KEYPOINT_LOSS = "rle"
+    _C.LOSS.RLE_WEIGHT = 1.0
+    _C.LOSS.POSE_L1_WEIGHT = 70.0
+    _C.LOSS.POSE_OKS_WEIGHT = 2.0
+    _C.LOSS.JOINT_L1_WEIGHT = 80.0
+    _C.LOSS.JOINT_OKS_WEIGHT = 3.0
+
+    # Backbone adapters (build_resnet_pose_backbone, build_timm_pose_backbone).
+    cfg.MODEL.TIMM = CN()
+    # timm model name for build_timm_pose_backbone, e.g. "swin_large_patch4_window12_384",
+    # "hrnet_w48".
+    cfg.MODEL.TIMM.NAME = "swin_large_patch4_window12_384"
+    # Indices of the timm feature maps used as C3-C5.
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3]
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.3
+    # Freeze the first N stages of the timm model (0 freezes nothing).
+    cfg.MODEL.TIMM.FREEZE_AT = 0
+
+
+# ------------------------------------------------------------------------------------------
+# PAVE-Net
+# ------------------------------------------------------------------------------------------
+def _add_pave_config(cfg: CN) -> None:
+    cfg.MODEL.PAVE = CN()
+    _C = cfg.MODEL.PAVE
+    # Spatiotemporal pose decoder on (False: the image-only ablation, poses regressed
+    # directly from key-frame tokens).
+    _C.USE_STPD = True
+    # Spatiotemporal joint decoder on.
+    _C.USE_STJD = True
+    # "pose_aware" (key-frame proposals as references) or "random" (learned references,
+    # the paper's Table 5 ablation).
+    _C.REFERENCE = "pose_aware"
+    # Video transformer baseline (section 3.1): the encoder attends across all frames.
+    _C.SPATIOTEMPORAL_ENCODER = False
+
+
+# ------------------------------------------------------------------------------------------
+# Solver
+# ------------------------------------------------------------------------------------------
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.WEIGHT_DECAY = 1e-4
+    # lr multipliers (reference_hparams.md): backbone, sampling offsets, reference points.
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+    # Full-model L2 gradient clipping (Detectron2's CLIP_TYPE is per-parameter only).
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # Norm layers: Detectron2's default (0.0) exempts them; PETR's release decays every
+    # parameter, so follow it. Biases follow WEIGHT_DECAY (Detectron2's WEIGHT_DECAY_BIAS=None).
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 1e-4
+    # Mixed precision: SOLVER.AMP.ENABLED is Detectron2's; the precision is ours: "bf16"
+    # (autocast to bfloat16, no loss scaling; works on CPU) or "fp16" (autocast to float16
+    # with a GradScaler).
+    cfg.SOLVER.AMP.PRECISION = "bf16"
+    # DistributedDataParallel(find_unused_parameters=...): turn on for ablations that leave
+    # parameters without gradient (e.g. MODEL.PAVE.USE_STJD False with its weights built).
+    cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False
+    # MODEL.WEIGHTS whose tensor shapes differ from the model's raise an error naming the
+    # first mismatched key (Detectron2 would skip them with a warning). Set False to fine-tune
+    # from a checkpoint with another head size (e.g. COCO 17 joints -> PoseTrack 15): the
+    # mismatched tensors are then left at their initialization, with a warning.
+    cfg.MODEL.WEIGHTS_STRICT_SHAPES = True
+
+
+# ------------------------------------------------------------------------------------------
+# Test
+# ------------------------------------------------------------------------------------------
+def _add_test_config(cfg: CN) -> None:
+    cfg.TEST.DETECTIONS_PER_IMAGE = 100
+    # Also report COCO-style OKS AP (pycocotools) beside the PoseTrack table.
+    cfg.TEST.COCO_OKS_AP = True
+    # Also score tracking (MOTA) when the model outputs track ids.
+    cfg.TEST.POSETRACK_TRACKING = False
+
+
+def get_vpose_cfg() -> CN:
+    """Detectron2's default config with vpose_d2's keys added."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_vpose_config(cfg)
+    return cfg
