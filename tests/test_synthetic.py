@@ -1,0 +1,112 @@
+"""The synthetic PoseTrack generator: format, determinism, labels, the CLI."""
+
+import vpose_d2  # noqa: F401  isort: skip  (compat must run before detectron2)
+
+import importlib.util
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog
+
+from vpose_d2.data.datasets import load_posetrack, make_synthetic_posetrack
+from vpose_d2.data.datasets.synthetic import SyntheticPosetrackConfig, register_synthetic_posetrack
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OFFICIAL = DATA / "posetrack18" / "annotations" / "val" / "012834_mpii_test.json"
+TINY = dict(
+    num_train_videos=2, num_val_videos=1, frames_per_video=9, size=96, max_persons=3,
+    min_person_height=30, max_person_height=80, occluder_prob=1.0, ignore_region_prob=1.0,
+)  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _files(root: Path):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_synthetic_posetrack(tmp_path_factory.mktemp("syn") / "a", seed=3, **TINY)
+
+
+def test_determinism(tiny, tmp_path):
+    same = make_synthetic_posetrack(tmp_path / "b", seed=3, **TINY)
+    a, b = _files(tiny), _files(same)
+    assert a.keys() == b.keys() and len(a) == 3 + 3 * 9 + 1  # jsons + frames + marker
+    assert all(a[k] == b[k] for k in a)  # identical json and JPEG bytes
+    other = _files(make_synthetic_posetrack(tmp_path / "c", seed=4, **TINY))
+    jpgs = [k for k in a if k.suffix == ".jpg"]
+    assert any(a[k] != other[k] for k in jpgs)
+    # an unknown non-empty folder is never overwritten
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="refusing"):
+        make_synthetic_posetrack(tmp_path / "user", **TINY)
+
+
+def test_format_matches_official_files(tiny):
+    files = sorted((tiny / "annotations").rglob("*.json"))
+    assert [f.parent.name for f in files] == ["train", "train", "val"]
+    official = json.loads(OFFICIAL.read_text()) if OFFICIAL.is_file() else None
+    for f in files:
+        data = json.loads(f.read_text())
+        if official is not None:
+            assert data["categories"] == official["categories"]
+            assert set(data["images"][0]) == set(official["images"][0]) - {"mask_file"}
+            assert set(data["annotations"][0]) == set(official["annotations"][0])
+        split = f.parent.name
+        labeled = [im["is_labeled"] for im in data["images"]]
+        assert labeled == ([True] * 9 if split == "train" else [i % 4 == 0 for i in range(9)])
+        for im in data["images"]:
+            assert (tiny / im["file_name"]).is_file()
+            assert im["file_name"] == f"images/{split}/{f.stem}/{im['frame_id'] % 10000:06d}.jpg"
+            if im["is_labeled"]:
+                assert len(im["ignore_regions_x"]) == 1 == len(im["ignore_regions_y"])
+        ids = {im["id"] for im in data["images"] if im["is_labeled"]}
+        for a in data["annotations"]:
+            assert a["image_id"] in ids
+            k = np.asarray(a["keypoints"]).reshape(17, 3)
+            assert (k[3:5] == 0).all()  # ears
+            inside = (k[:, 0] >= 0) & (k[:, 0] < 96) & (k[:, 1] >= 0) & (k[:, 1] < 96)
+            assert (k[k[:, 2] > 0] >= 0).all() and inside[k[:, 2] > 0].all()
+            assert (k[k[:, 2] == 0] == 0).all() and a["num_keypoints"] == (k[:, 2] > 0).sum()
+            assert len(a["bbox_head"]) == 4 and a["bbox_head"][2] > 0
+
+
+def test_loaders_read_it_unchanged(tiny):
+    records = load_posetrack(tiny / "annotations" / "train", tiny, "2018")
+    assert len(records) == 2
+    for rec in records:
+        assert len(rec["frames"]) == 9 and rec["height"] == 96
+        counts = {len(f["persons"]) for f in rec["frames"]}
+        assert 1 <= max(counts) <= 3
+        img = cv2.imread(rec["frames"][0]["file_name"])
+        assert img.shape == (96, 96, 3)
+    register_synthetic_posetrack(tiny, name_prefix="test_syn")
+    assert len(DatasetCatalog.get("test_syn_val")) == 1
+
+
+def test_cli_help_documents_every_knob():
+    spec = importlib.util.spec_from_file_location(
+        "mksyn", REPO / "tools" / "make_synthetic_posetrack.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tool.get_parser().format_help()
+    for f in fields(SyntheticPosetrackConfig):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "--root" in out
+
+
+def test_default_set_is_generated_on_first_load(tmp_path):
+    root = tmp_path / "auto"
+    register_synthetic_posetrack(root, name_prefix="auto_syn", generate_if_missing=True)
+    assert not root.exists()  # registration is lazy
+    val = DatasetCatalog.get("auto_syn_val")
+    assert len(val) == 4 and (root / "SYNTHETIC_POSETRACK.json").is_file()
+    assert val[0]["height"] == val[0]["width"] == 256
+    assert not list(tmp_path.glob(".auto.tmp-*"))
