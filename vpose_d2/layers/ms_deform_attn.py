@@ -1,0 +1,358 @@
+"""Multi-scale deformable attention (Deformable DETR), the op every vpose_d2 model runs on.
+
+Three layers of API:
+
+* :func:`ms_deform_attn_reference`: pure PyTorch (``F.grid_sample``), always available, the
+  oracle of the tests.
+* :func:`ms_deform_attn`: checks its inputs, then runs the compiled kernel of
+  ``vpose_d2._C`` (``torch.ops.vpose_d2.ms_deform_attn_forward``) or the reference.
+* :class:`MSDeformAttn`: the attention module (value / offset / weight / output projections).
+
+Semantics: for each batch b, query q and head m,
+``out[b, q, m*D:(m+1)*D] = sum_{l,p} attention_weights[b,q,m,l,p] *
+bilinear(value level l of head m, sampling_locations[b,q,m,l,p])`` where the bilinear sample
+is that of ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` and
+locations are (x, y) normalized to [0, 1] over each level. A clip of T frames is T*L levels:
+concatenate the frames' maps along S and repeat the shapes, one softmax then spans all T*L*P
+samples of a head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpose_d2 import _ops
+
+__all__ = ["IMPLS", "ms_deform_attn", "ms_deform_attn_reference", "MSDeformAttn"]
+
+#: Accepted values of ``impl``.
+IMPLS = ("auto", "compiled", "reference")
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _zeros_connected(value: Tensor, locations: Tensor, weights: Tensor, shape) -> Tensor:
+    """Zeros of ``shape`` that depend on the inputs, so autograd gives them zero gradients."""
+    anchor = value.sum() * 0 + locations.sum() * 0 + weights.sum() * 0
+    return anchor.expand(shape).contiguous()
+
+
+def ms_deform_attn_reference(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Multi-scale deformable attention in pure PyTorch (``F.grid_sample`` per level).
+
+    Works level by level so that the largest intermediate is one level's samples,
+    (B*M, D, Q, P), instead of all levels' stacked.
+
+    Args:
+        value: (B, S, M, D) per-head values of the L maps flattened and concatenated along S.
+        spatial_shapes: (L, 2) int64, (H, W) of each level.
+        level_start_index: (L,) int64, offset of each level along S.
+        sampling_locations: (B, Q, M, L, P, 2) (x, y) in [0, 1] of each level.
+        attention_weights: (B, Q, M, L, P).
+
+    Returns:
+        (B, Q, M*D) attended values, heads concatenated.
+    """
+    B, S, M, D = value.shape
+    _, Q, _, L, P, _ = sampling_locations.shape
+    if B * Q * M * D == 0 or L == 0:
+        return _zeros_connected(value, sampling_locations, attention_weights, (B, Q, M * D))
+    # (H, W) and offsets as Python ints: slicing needs them (a device sync on CUDA, which only
+    # the reference pays).
+    shapes = spatial_shapes.tolist()
+    starts = level_start_index.tolist()
+    # grid_sample's grid lives in [-1, 1].
+    grids = sampling_locations * 2 - 1
+    out = None
+    for lvl, ((H, W), start) in enumerate(zip(shapes, starts)):
+        # (B, H*W, M, D) -> (B*M, D, H, W)
+        v = value[:, start : start + H * W].permute(0, 2, 3, 1).reshape(B * M, D, H, W)
+        # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
+        g = grids[:, :, :, lvl].transpose(1, 2).reshape(B * M, Q, P, 2)
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (B, Q, M, P) -> (B*M, 1, Q, P); weighted sum over points -> (B*M, D, Q)
+        w = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(B * M, 1, Q, P)
+        level_out = (sampled * w).sum(-1)
+        out = level_out if out is None else out + level_out
+    assert out is not None  # L > 0
+    # (B*M, D, Q) -> (B, Q, M*D)
+    return out.view(B, M, D, Q).permute(0, 3, 1, 2).reshape(B, Q, M * D)
+
+
+def _check_inputs(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> None:
+    """Raises ValueError / TypeError naming the argument that does not fit the contract."""
+    named = {
+        "value": value,
+        "spatial_shapes": spatial_shapes,
+        "level_start_index": level_start_index,
+        "sampling_locations": sampling_locations,
+        "attention_weights": attention_weights,
+    }
+    for name, t in named.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"ms_deform_attn: `{name}` must be a Tensor, got {type(t).__name__}")
+    if value.dim() != 4:
+        raise ValueError(f"ms_deform_attn: `value` must be 4-D (B, S, M, D), got {value.dim()}-D")
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(
+            f"ms_deform_attn: `spatial_shapes` must be (L, 2), got {tuple(spatial_shapes.shape)}"
+        )
+    L = spatial_shapes.shape[0]
+    if level_start_index.dim() != 1 or level_start_index.shape[0] != L:
+        raise ValueError(
+            f"ms_deform_attn: `level_start_index` must be (L,) with L={L} from `spatial_shapes`, "
+            f"got {tuple(level_start_index.shape)}"
+        )
+    B, _, M, _ = value.shape
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(
+            "ms_deform_attn: `sampling_locations` must be (B, Q, M, L, P, 2), got "
+            f"{tuple(sampling_locations.shape)}"
+        )
+    Bs, Q, Ms, Ls, P, _ = sampling_locations.shape
+    if (Bs, Ms, Ls) != (B, M, L):
+        raise ValueError(
+            f"ms_deform_attn: `sampling_locations` {tuple(sampling_locations.shape)} does not "
+            f"match (B={B}, Q, M={M}, L={L}, P, 2) given by `value` and `spatial_shapes`"
+        )
+    if tuple(attention_weights.shape) != (B, Q, M, L, P):
+        raise ValueError(
+            f"ms_deform_attn: `attention_weights` must be (B, Q, M, L, P) = {(B, Q, M, L, P)}, "
+            f"got {tuple(attention_weights.shape)}"
+        )
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"ms_deform_attn: `value` must be float32/float64/float16/bfloat16, got {value.dtype}"
+        )
+    for name in ("sampling_locations", "attention_weights"):
+        if named[name].dtype != value.dtype:
+            raise TypeError(
+                f"ms_deform_attn: `{name}` has dtype {named[name].dtype} but `value` has "
+                f"{value.dtype}; cast them to one floating dtype"
+            )
+    for name in ("spatial_shapes", "level_start_index"):
+        if named[name].dtype != torch.int64:
+            raise TypeError(f"ms_deform_attn: `{name}` must be int64, got {named[name].dtype}")
+    for name, t in named.items():
+        if t.device != value.device:
+            raise ValueError(
+                f"ms_deform_attn: `{name}` is on {t.device} but `value` is on {value.device}; "
+                "all arguments must be on one device"
+            )
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    impl: str = "auto",
+) -> Tensor:
+    """Multi-scale deformable attention; differentiable w.r.t. value, locations and weights.
+
+    Args:
+        value: (B, S, M, D) per-head values of the L maps flattened and concatenated along S.
+        spatial_shapes: (L, 2) int64, (H, W) of each level, on value's device.
+        level_start_index: (L,) int64, offset of each level along S, on value's device.
+        sampling_locations: (B, Q, M, L, P, 2) (x, y) normalized to [0, 1] per level; points
+            outside the map sample zeros.
+        attention_weights: (B, Q, M, L, P), same dtype as value (normally a softmax over L*P).
+        impl: "auto" runs the compiled kernel when ``vpose_d2._C`` was built with one for the
+            tensors' device and the reference otherwise (the choice depends on the build, never
+            on ``torch.cuda.is_available()``); "compiled" insists on the kernel and raises
+            RuntimeError saying why it is missing; "reference" runs the pure-PyTorch version.
+
+    Returns:
+        (B, Q, M*D) attended values, heads concatenated.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"ms_deform_attn: `impl` must be one of {IMPLS}, got {impl!r}")
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    device_type = value.device.type
+    if impl == "compiled":
+        _ops.require_kernel(device_type)
+    elif impl == "reference" or not _ops.has_kernel(device_type):
+        return ms_deform_attn_reference(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return torch.ops.vpose_d2.ms_deform_attn_forward(
+        value.contiguous(),
+        spatial_shapes.contiguous(),
+        level_start_index.contiguous(),
+        sampling_locations.contiguous(),
+        attention_weights.contiguous(),
+    )
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module (Deformable DETR, Zhu et al. 2021).
+
+    Each query predicts, per head, level and point, a sampling offset around its reference
+    point and an attention weight (softmax over the L*P samples of a head). For a clip, pass
+    the T frames' maps as T*L levels (``num_levels = T*L``): one softmax then weighs all frames.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        impl: str = "auto",
+    ):
+        """
+        Args:
+            embed_dim: channels C of queries and values; divisible by ``num_heads``.
+            num_heads: attention heads M.
+            num_levels: feature levels L the queries sample (T*L for a clip of T frames).
+            num_points: sampling points P per head and level.
+            impl: kernel choice passed to :func:`ms_deform_attn`.
+        """
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"MSDeformAttn: embed_dim={embed_dim} is not divisible by num_heads={num_heads}"
+            )
+        if impl not in IMPLS:
+            raise ValueError(f"MSDeformAttn: `impl` must be one of {IMPLS}, got {impl!r}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.impl = impl
+        # The trainer gives `sampling_offsets` an lr multiplier by this name.
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable DETR's initialization.
+
+        Offsets start at a ring: head m looks in direction 2*pi*m/M (scaled so the larger
+        component is 1 pixel), point p at distance p+1, the same on every level. With zero
+        offset weights and zero attention weights every query initially averages this fixed
+        pattern uniformly, which trains stably.
+        """
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.reshape(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        value_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            query: (B, Q, C) queries (position embedding already added).
+            reference_points: (B, Q, L, 2) (x, y) in [0, 1] per level, offsets then count in
+                pixels of each level; or (B, Q, L, 4) boxes (cx, cy, w, h) in [0, 1], offsets
+                then count in units of half the box over ``num_points``.
+            value: (B, S, C) flattened maps of the L levels, concatenated along S.
+            spatial_shapes: (L, 2) int64 (H, W) per level.
+            level_start_index: (L,) int64 offset of each level in S.
+            value_padding_mask: (B, S) bool, True at padded positions (they contribute zero).
+
+        Returns:
+            (B, Q, C) attended features.
+        """
+        B, Q, C = query.shape
+        S = value.shape[1]
+        M, L, P = self.num_heads, self.num_levels, self.num_points
+        if value.dim() != 3 or value.shape[0] != B or value.shape[2] != C:
+            raise ValueError(
+                f"MSDeformAttn: `value` must be (B={B}, S, C={C}), got {tuple(value.shape)}"
+            )
+        if spatial_shapes.shape[0] != L:
+            raise ValueError(
+                f"MSDeformAttn: `spatial_shapes` has {spatial_shapes.shape[0]} levels, the module "
+                f"was built for num_levels={L}"
+            )
+        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (B, Q, L):
+            raise ValueError(
+                f"MSDeformAttn: `reference_points` must be (B={B}, Q={Q}, L={L}, 2 or 4), got "
+                f"{tuple(reference_points.shape)}"
+            )
+
+        v = self.value_proj(value)
+        if value_padding_mask is not None:
+            if tuple(value_padding_mask.shape) != (B, S):
+                raise ValueError(
+                    f"MSDeformAttn: `value_padding_mask` must be (B={B}, S={S}), got "
+                    f"{tuple(value_padding_mask.shape)}"
+                )
+            v = v.masked_fill(value_padding_mask[..., None], 0.0)
+        v = v.view(B, S, M, C // M)
+
+        offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
+        weights = self.attention_weights(query).view(B, Q, M, L * P)
+        weights = weights.softmax(-1).view(B, Q, M, L, P)
+
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level: divide by (W, H).
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
+                None, None, None, :, None, :
+            ].to(offsets.dtype)
+        elif reference_points.shape[-1] == 4:
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(
+                "MSDeformAttn: `reference_points` last dim must be 2 (points) or 4 (boxes), got "
+                f"{reference_points.shape[-1]}"
+            )
+
+        # Under autocast the projections give float16 while the softmax and reference points
+        # stay float32: run the op in the widest of them (locations lose sub-pixel precision
+        # in float16 on large maps).
+        dtype = torch.promote_types(torch.promote_types(v.dtype, locations.dtype), weights.dtype)
+        out = ms_deform_attn(
+            v.to(dtype),
+            spatial_shapes,
+            level_start_index,
+            locations.to(dtype),
+            weights.to(dtype),
+            impl=self.impl,
+        )
+        return self.output_proj(out.to(v.dtype))
