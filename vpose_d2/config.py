@@ -37,6 +37,8 @@ def _add_data_config(cfg: CN) -> None:
     # Pseudo-video for image datasets (COCO): neighbours are the same image rotated by
     # +/- n degrees with n ~ U{0..MAX_ROTATION} (PAVE-Net's COCO pretraining).
     cfg.INPUT.CLIP.PSEUDO_VIDEO_MAX_ROTATION = 5
+    # Turn one-frame videos (COCO) into such pseudo-videos in training (else: T copies).
+    cfg.INPUT.CLIP.PSEUDO_VIDEO = True
     # Synthetic PoseTrack set (tools/make_synthetic_posetrack.py): where it lives.
     cfg.DATASETS.SYNTHETIC_ROOT = "datasets/synthetic_posetrack"
 
@@ -67,6 +69,16 @@ def _add_model_config(cfg: CN) -> None:
     _C.NUM_JOINT_PERSONS_TEST = 20
     # "auto" (compiled kernel where built for the tensor's device), "compiled", "reference".
     _C.ATTN_IMPL = "auto"
+    # GroupNorm groups of the neck's 1x1 / 3x3 projections (reference: 32).
+    _C.NECK_NUM_GROUPS = 32
+    # Per-layer (per-frame) pose refinement MLP: PAVE 256 -> 512 -> 512 -> 512 -> 2K.
+    _C.REFINE_HIDDEN_DIM = 512
+    _C.REFINE_NUM_LAYERS = 4
+    # Initial foreground probability of every class head (focal-loss prior).
+    _C.PRIOR_PROB = 0.01
+    # Per-joint OKS sigmas for the matcher / OKS loss; empty: the training dataset's
+    # metadata ``keypoint_oks_sigmas`` (then the PoseTrack/COCO layout of the same K).
+    _C.OKS_SIGMAS = []
 
     _C.MATCHER = CN()
     _C.MATCHER.COST_CLASS = 2.0
@@ -95,6 +107,13 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.TIMM.DROP_PATH_RATE = 0.3
     # Freeze the first N stages of the timm model (0 freezes nothing).
     cfg.MODEL.TIMM.FREEZE_AT = 0
+    # Inputs are padded to a multiple of this (Swin-L at window 12 likes 32 * 12 = 384;
+    # timm pads windows itself, so 32 is enough).
+    cfg.MODEL.TIMM.SIZE_DIVISIBILITY = 32
+    # timm's ``feature_location`` for models that have one (HRNet): "" returns the raw branch
+    # outputs (HRNet-W48: 96/192/384 ch at strides 8/16/32, as PETR uses them), "incre" timm's
+    # widened ones (256/512/1024). Left out of create_model when empty for other models.
+    cfg.MODEL.TIMM.FEATURE_LOCATION = ""
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,6 +132,11 @@ def _add_pave_config(cfg: CN) -> None:
     _C.REFERENCE = "pose_aware"
     # Video transformer baseline (section 3.1): the encoder attends across all frames.
     _C.SPATIOTEMPORAL_ENCODER = False
+    # Only the key frame is supervised ("neighbour poses learn through attention"): keep the
+    # gradient of the neighbour frames' refined poses into the next decoder layer's (and the
+    # joint decoder's) sampling locations; the key frame's reference is detached as in DETR.
+    # False detaches every frame, and the neighbours' refinement MLPs then never learn.
+    _C.NEIGHBOUR_REFERENCE_GRAD = True
 
 
 # ------------------------------------------------------------------------------------------
@@ -124,6 +148,12 @@ def _add_solver_config(cfg: CN) -> None:
     # lr multipliers (reference_hparams.md): backbone, sampling offsets, reference points.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+    # Parameter-name prefixes that get BACKBONE_MULTIPLIER: the pretrained trunk only. The
+    # neck (backbone.input_proj / extra_proj) is new, and PETR's release trains it at the base
+    # lr (its neck is not part of its backbone); ["backbone."] would slow the neck down too.
+    cfg.SOLVER.BACKBONE_MULTIPLIER_PREFIXES = ["backbone.bottom_up."]
+    # LINEAR_PROJ_MULTIPLIER applies to parameters whose name contains any of these.
+    cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]
     # Full-model L2 gradient clipping (Detectron2's CLIP_TYPE is per-parameter only).
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"

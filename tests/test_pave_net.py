@@ -1,0 +1,432 @@
+"""PAVENet: forward/backward for T = 3 and 5, the joint softmax over T*L*K samples, cached
+sliding windows == recomputation, T = 1 == the image model, every ablation switch, configs."""
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, List
+from unittest import mock
+
+import pytest
+import torch
+
+import vpose_d2  # noqa: F401  isort: skip  (compat shims before Detectron2's structures)
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+
+from vpose_d2.config import get_vpose_cfg
+from vpose_d2.engine import merge_config_file
+from vpose_d2.modeling.backbone.neck import MultiScalePoseBackbone
+from vpose_d2.modeling.meta_arch import FrameMemory, ImagePoseTransformer, PAVENet
+from vpose_d2.modeling.meta_arch import image_pose_transformer as ipt_module
+from vpose_d2.modeling.transformer import frame_attention
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+K = 5  # joints: nothing may assume 15 or 17
+H, W = 48, 64
+
+
+class _TinyBottomUp(Backbone):
+    """Three strided convs standing in for C3-C5 (strides 8, 16, 32): keeps the tests fast."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=8, padding=1)
+        self.c4 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c5 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        c3 = torch.relu(self.stem(x))
+        c4 = torch.relu(self.c4(c3))
+        return {"res3": c3, "res4": c4, "res5": torch.relu(self.c5(c4))}
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            "res3": ShapeSpec(channels=8, stride=8),
+            "res4": ShapeSpec(channels=8, stride=16),
+            "res5": ShapeSpec(channels=16, stride=32),
+        }
+
+
+def _tiny_backbone(cfg, input_shape=None) -> Backbone:
+    return MultiScalePoseBackbone(
+        bottom_up=_TinyBottomUp(),
+        in_features=["res3", "res4", "res5"],
+        out_channels=cfg.MODEL.VPOSE.HIDDEN_DIM,
+        num_levels=cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS,
+        num_groups=4,
+    )
+
+
+def _cfg(offsets=(-1, 1), **pave):
+    cfg = get_vpose_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "PAVENet"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.TRAIN = ()
+    cfg.INPUT.CLIP.OFFSETS = list(offsets)
+    v = cfg.MODEL.VPOSE
+    v.NUM_KEYPOINTS = K
+    v.HIDDEN_DIM = 16
+    v.NHEADS = 2
+    v.DIM_FEEDFORWARD = 32
+    v.DROPOUT = 0.0
+    v.ENC_LAYERS = 1
+    v.NUM_QUERIES = 6
+    v.DEC_LAYERS = 2
+    v.JOINT_DEC_LAYERS = 2
+    v.JOINT_DEC_N_POINTS = 2
+    v.NUM_JOINT_PERSONS_TEST = 3
+    v.REFINE_HIDDEN_DIM = 16
+    v.REFINE_NUM_LAYERS = 2
+    cfg.TEST.DETECTIONS_PER_IMAGE = 4
+    for key, value in pave.items():
+        setattr(cfg.MODEL.PAVE, key, value)
+    return cfg
+
+
+def _build(cfg, cls=PAVENet, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    with mock.patch.object(ipt_module, "build_backbone", _tiny_backbone):
+        return cls(cfg)
+
+
+def _perturb(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Move every parameter off its (often zero) initialization, so that comparisons and
+    softmax checks are not trivially satisfied by zero offsets and uniform weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _frames(t: int, seed: int, h: int = H, w: int = W) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (t, 3, h, w), generator=g, dtype=torch.uint8)
+
+
+def _instances(seed: int, n: int = 2, h: int = H, w: int = W) -> Instances:
+    g = torch.Generator().manual_seed(seed)
+    kpts = torch.rand(n, K, 3, generator=g) * torch.tensor([w * 0.8, h * 0.8, 1.0])
+    kpts[..., :2] += torch.tensor([w * 0.1, h * 0.1])
+    kpts[..., 2] = 2.0
+    kpts[0, 0, 2] = 0.0  # an unannotated joint
+    inst = Instances((h, w))
+    inst.gt_keypoints = kpts
+    xy = kpts[..., :2]
+    inst.gt_boxes = Boxes(torch.cat([xy.amin(1), xy.amax(1)], -1))
+    inst.gt_classes = torch.zeros(n, dtype=torch.int64)
+    inst.gt_track_ids = torch.arange(n)
+    return inst
+
+
+def _clip(t: int, key: int, seed: int, h: int = H, w: int = W) -> Dict:
+    return {
+        "image": _frames(t, seed, h, w),
+        "key_index": key,
+        "instances": [_instances(seed + i, h=h, w=w) for i in range(t)],
+        "labeled": [True] * t,
+        "video_id": f"video{seed}",
+        "frame_ids": list(range(t)),
+        "key_frame_id": key,
+        "height": h * 2,
+        "width": w * 2,
+    }
+
+
+@contextmanager
+def _record_attention_weights(store: List):
+    """Wrap the op the frame attentions call; record (spatial_shapes, attention_weights)."""
+    original = frame_attention.ms_deform_attn
+
+    def spy(value, spatial_shapes, level_start_index, locations, weights, *args, **kwargs):
+        store.append((spatial_shapes.clone(), weights.detach().clone()))
+        return original(
+            value, spatial_shapes, level_start_index, locations, weights, *args, **kwargs
+        )
+
+    with mock.patch.object(frame_attention, "ms_deform_attn", spy):
+        yield
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("offsets", [(-1, 1), (-2, -1, 1, 2)], ids=["T3", "T5"])
+def test_forward_backward(offsets):
+    cfg = _cfg(offsets)
+    # Off the zero init (output projections start at zero, which blocks gradients into the
+    # attention at step 0).
+    model = _perturb(_build(cfg))
+    t = 1 + len(offsets)
+    assert model.num_frames == t and model.key_index == t // 2
+    assert model.pose_decoder.num_frames == t and model.joint_decoder.num_frames == t
+    model.train()
+    losses = model([_clip(t, t // 2, 0), _clip(t, t // 2, 10)])
+    assert {"loss_class_enc", "loss_rle_enc"} <= set(losses)
+    assert {f"loss_rle_dec{i}" for i in range(2)} <= set(losses)
+    assert {f"loss_rle_joint{i}" for i in range(2)} <= set(losses)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    # The per-frame slices of the sampling offsets of every frame receive gradient:
+    # neighbours are read, although only the key frame is supervised.
+    grad = model.pose_decoder.layers[0].cross_attn.sampling_offsets.weight.grad
+    assert grad is not None
+    per_frame = grad.view(t, -1, grad.shape[-1]).abs().sum((1, 2))
+    assert (per_frame > 0).all(), per_frame
+    assert model.backbone.bottom_up.stem.weight.grad.abs().sum() > 0
+    # Neighbour refinement MLPs learn through the next layer's (and the joint decoder's)
+    # sampling locations, though only the key frame is supervised.
+    for layer in model.pose_decoder.refine:
+        for f in range(t):
+            assert layer[f].layers[-1].weight.grad.abs().sum() > 0, f
+
+    model.eval()
+    with torch.no_grad():
+        out = model([_clip(t, t // 2, 0), _clip(t, t // 2, 1, h=40, w=56)])
+    assert len(out) == 2
+    inst = out[1]["instances"]
+    assert inst.image_size == (80, 112)
+    assert inst.pred_keypoints.shape == (4, K, 3)
+    assert inst.scores.shape == (4,) and (inst.pred_classes == 0).all()
+    assert len(inst.pred_boxes) == 4
+    # Batch size > 1 at test time gives what each clip gives alone.
+    with torch.no_grad():
+        alone = model([_clip(t, t // 2, 0)])[0]["instances"]
+    torch.testing.assert_close(alone.pred_keypoints, out[0]["instances"].pred_keypoints)
+
+
+def test_neighbour_references_detached_on_request():
+    cfg = _cfg((-1, 1), NEIGHBOUR_REFERENCE_GRAD=False)
+    model = _perturb(_build(cfg)).train()
+    sum(model([_clip(3, 1, 0)]).values()).backward()
+    refine = model.pose_decoder.refine
+    assert refine[0][1].layers[-1].weight.grad.abs().sum() > 0  # the key frame
+    grad = refine[0][0].layers[-1].weight.grad  # a neighbour: no path to any loss
+    assert grad is None or not grad.any()
+
+
+def test_one_softmax_over_all_frames_levels_and_points():
+    cfg = _cfg((-2, -1, 1, 2))
+    model = _perturb(_build(cfg)).eval()
+    t, l = 5, cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS
+    calls: List = []
+    with _record_attention_weights(calls), torch.no_grad():
+        model([_clip(t, 2, 3)])
+    # 2 pose-decoder layers and 2 joint-decoder layers, each one op call over T*L levels.
+    assert len(calls) == 4
+    for shapes, weights in calls:
+        b, q, m, levels, p = weights.shape
+        assert levels == t * l and shapes.shape == (t * l, 2)
+        # The L shapes of one frame repeat for every frame.
+        assert torch.equal(shapes, shapes[:l].repeat(t, 1))
+        total = weights.sum((-1, -2))
+        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+        # ...and not frame by frame: a frame's share varies between queries.
+        per_frame = weights.view(b, q, m, t, l * p).sum(-1)
+        assert (per_frame - 1.0).abs().max() > 1e-3
+        assert per_frame.std() > 1e-4
+    assert calls[0][1].shape[-1] == K  # pose-aware: K points, one per joint
+
+
+def test_softmax_is_stable_for_large_logits():
+    model = _build(_cfg()).eval()
+    attn = model.pose_decoder.layers[0].cross_attn
+    with torch.no_grad():
+        attn.attention_weights.bias.fill_(1e4)
+        attn.attention_weights.bias[0] = 3e4
+    calls: List = []
+    with _record_attention_weights(calls), torch.no_grad():
+        out = model([_clip(3, 1, 4)])
+    assert torch.isfinite(calls[0][1]).all()
+    assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
+
+
+@pytest.mark.parametrize("ste", [False, True], ids=["SE", "STE"])
+def test_cached_sliding_window_equals_recomputation(ste):
+    cfg = _cfg((-1, 1), SPATIOTEMPORAL_ENCODER=ste)
+    model = _perturb(_build(cfg)).eval()
+    video = _frames(5, 7)
+    items = [{"image": f, "height": 2 * H, "width": 2 * W} for f in video]
+    backbone_calls = []
+    model.backbone.register_forward_hook(lambda mod, inp, out: backbone_calls.append(inp[0].shape))
+    with torch.no_grad():
+        memories = model.encode_frames(items)
+    # Every frame encoded once, in one batched call.
+    assert len(memories) == 5 and len(backbone_calls) == 1 and backbone_calls[0][0] == 5
+    assert all(isinstance(m, FrameMemory) and m.encoded != ste for m in memories)
+    windows, expected = [], []
+    for key in range(5):
+        idx = [min(max(key + o, 0), 4) for o in (-1, 0, 1)]
+        windows.append([memories[i] for i in idx])
+        clip = {"image": video[idx], "key_index": 1, "height": 2 * H, "width": 2 * W}
+        with torch.no_grad():
+            expected.append(model([clip])[0]["instances"])
+    with torch.no_grad():
+        got = [model.decode(w, 1, image_sizes=[(2 * H, 2 * W)])[0] for w in windows]
+        batched = model.decode(windows, 1, image_sizes=[(2 * H, 2 * W)] * 5)
+    for e, g, bt in zip(expected, got, batched):
+        assert g.image_size == e.image_size == (2 * H, 2 * W)
+        torch.testing.assert_close(g.pred_keypoints, e.pred_keypoints, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g.scores, e.scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(bt.pred_keypoints, e.pred_keypoints, atol=1e-5, rtol=1e-5)
+    # Already-normalized tensors give the same memories as the dicts.
+    normalized = (video.float() - model.pixel_mean) / model.pixel_std
+    padded = ImageList.from_tensors(list(normalized), model.backbone.size_divisibility).tensor
+    with torch.no_grad():
+        again = model.encode_frames(padded, image_sizes=[(H, W)] * 5)
+    torch.testing.assert_close(again[2].memory, memories[2].memory, atol=1e-5, rtol=1e-5)
+
+
+def test_video_model_with_one_frame_is_the_image_model():
+    cfg = _cfg(())
+    image_model = _perturb(_build(cfg, ImagePoseTransformer, seed=3)).eval()
+    video_model = _build(cfg, PAVENet, seed=4).eval()
+    # Same parameter names by design: the state_dict loads strictly.
+    assert set(image_model.state_dict()) == set(video_model.state_dict())
+    video_model.load_state_dict(image_model.state_dict(), strict=True)
+    assert video_model.num_frames == 1
+    inputs = [_clip(1, 0, 5), _clip(1, 0, 6, h=40, w=56)]
+    with torch.no_grad():
+        a = image_model(inputs)
+        b = video_model(inputs)
+    for ra, rb in zip(a, b):
+        torch.testing.assert_close(
+            rb["instances"].pred_keypoints, ra["instances"].pred_keypoints, atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            rb["instances"].scores, ra["instances"].scores, atol=1e-5, rtol=1e-5
+        )
+    image_model.train()
+    video_model.train()
+    la, lb = image_model(inputs), video_model(inputs)
+    assert set(la) == set(lb)
+    for key in la:
+        torch.testing.assert_close(lb[key], la[key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "switches, present, absent",
+    [
+        (
+            dict(USE_STPD=False, USE_STJD=False),
+            {"loss_rle_enc"},
+            {"loss_rle_dec0", "loss_rle_joint0"},
+        ),
+        (dict(USE_STPD=True, USE_STJD=False), {"loss_rle_dec1"}, {"loss_rle_joint0"}),
+        (dict(USE_STPD=False, USE_STJD=True), {"loss_rle_joint1"}, {"loss_rle_dec0"}),
+        (dict(REFERENCE="random"), {"loss_rle_dec1", "loss_rle_joint1"}, {"loss_rle_enc"}),
+        (dict(SPATIOTEMPORAL_ENCODER=True), {"loss_rle_enc", "loss_rle_joint1"}, set()),
+    ],
+    ids=["image_only", "stpd_only", "stjd_only", "random_reference", "spatiotemporal_encoder"],
+)
+def test_ablation_switches_build_and_run(switches, present, absent):
+    cfg = _cfg((-1, 1), **switches)
+    model = _build(cfg)
+    assert (model.pose_decoder is not None) == cfg.MODEL.PAVE.USE_STPD
+    assert (model.joint_decoder is not None) == cfg.MODEL.PAVE.USE_STJD
+    if cfg.MODEL.PAVE.SPATIOTEMPORAL_ENCODER:
+        assert (
+            model.encoder.layers[0].self_attn.num_levels == 3 * cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS
+        )
+    model.train()
+    losses = model([_clip(3, 1, 0), _clip(3, 1, 1)])
+    assert present <= set(losses) and not (absent & set(losses))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model([_clip(3, 1, 2)])
+    assert out[0]["instances"].pred_keypoints.shape == (4, K, 3)
+    assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
+
+
+def test_bad_inputs_name_the_problem():
+    model = _build(_cfg((-1, 1))).eval()
+    with pytest.raises(ValueError, match="T=3"):
+        model([_clip(5, 2, 0)])
+    with pytest.raises(ValueError, match="video0.*key_index 0"):
+        model([_clip(3, 0, 0)])
+    with pytest.raises(ValueError, match="REFERENCE"):
+        _build(_cfg((-1, 1), USE_STPD=False, REFERENCE="random"))
+    with pytest.raises(ValueError, match="not one of"):
+        _build(_cfg((-1, 1), REFERENCE="learned"))
+    memories = model.encode_frames([{"image": f} for f in _frames(2, 0)])
+    with pytest.raises(ValueError, match="T=3"):
+        model.decode(memories, 1)
+    with pytest.raises(ValueError, match="frame 1"):
+        model.encode_frames([{"image": _frames(1, 0)[0]}, {"image": None}])
+    # A still image is a clip that does not move.
+    still = {"image": _frames(1, 0)[0], "height": H, "width": W}
+    moving = {"image": _frames(1, 0).expand(3, -1, -1, -1), "key_index": 1, "height": H, "width": W}
+    with torch.no_grad():
+        a, b = model([still])[0]["instances"], model([moving])[0]["instances"]
+    torch.testing.assert_close(a.pred_keypoints, b.pred_keypoints)
+
+
+@pytest.mark.parametrize(
+    "name, frames, key",
+    [
+        ("pave_r50.yaml", 3, 1),
+        ("pave_r50_t5.yaml", 5, 2),
+        ("pave_hrnet_w48.yaml", 3, 1),
+        ("pave_swinl.yaml", 3, 1),
+        ("quick/pave_synthetic.yaml", 3, 1),
+    ],
+)
+def test_configs_schedule_and_clip(name, frames, key):
+    from vpose_d2.modeling.meta_arch.pave_net import clip_offsets
+
+    cfg = get_vpose_cfg()
+    merge_config_file(cfg, str(CONFIG_DIR / name))
+    assert cfg.MODEL.META_ARCHITECTURE == "PAVENet"
+    offsets, key_index = clip_offsets(cfg.INPUT.CLIP.OFFSETS)
+    assert (len(offsets), key_index) == (frames, key)
+    if name.startswith("quick/"):
+        petr = get_vpose_cfg()
+        merge_config_file(petr, str(CONFIG_DIR / "quick" / "petr_synthetic.yaml"))
+        # Same budget, backbone and input sizes as the image model's quick run.
+        for key_ in (
+            "SOLVER.MAX_ITER",
+            "SOLVER.IMS_PER_BATCH",
+            "SOLVER.BASE_LR",
+            "MODEL.RESNETS.DEPTH",
+            "MODEL.VPOSE.HIDDEN_DIM",
+            "INPUT.MIN_SIZE_TRAIN",
+            "INPUT.MAX_SIZE_TRAIN",
+            "INPUT.MIN_SIZE_TEST",
+            "DATASETS.TRAIN",
+        ):
+            a, b = cfg, petr
+            for part in key_.split("."):
+                a, b = a[part], b[part]
+            assert a == b, key_
+        return
+    s = cfg.SOLVER
+    assert s.OPTIMIZER == "ADAMW" and s.BASE_LR == pytest.approx(2e-5)
+    assert s.BASE_LR * s.BACKBONE_MULTIPLIER == pytest.approx(2e-6)
+    assert s.IMS_PER_BATCH == 16
+    epoch = s.MAX_ITER / 30
+    assert [round(x / epoch) for x in s.STEPS] == [20, 25]
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN)[0] == 480 and max(cfg.INPUT.MIN_SIZE_TRAIN) == 800
+    assert cfg.INPUT.MAX_SIZE_TRAIN == 1333 and cfg.INPUT.MIN_SIZE_TEST == 800
+    assert cfg.MODEL.VPOSE.DEC_LAYERS == 3 and cfg.MODEL.VPOSE.JOINT_DEC_LAYERS == 3
+
+
+def test_video_predictor_streams_pave_net():
+    """The engine's sliding-window predictor: cached memories == windowed recomputation."""
+    import numpy as np
+
+    from vpose_d2.engine.predictor import VideoPosePredictor
+
+    cfg = _cfg((-1, 1))
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = H, W
+    model = _perturb(_build(cfg)).eval()
+    frames = [f.permute(1, 2, 0).numpy() for f in _frames(3, 8)]
+    streaming = VideoPosePredictor(cfg, model=model)
+    assert streaming.streaming and streaming.window_size == 3
+    got = streaming.predict_video(frames)
+    expected = VideoPosePredictor(cfg, cache=False, model=model).predict_video(frames)
+    assert len(got) == len(expected) == 3
+    for g, e in zip(got, expected):
+        assert g.image_size == (H, W)
+        np.testing.assert_allclose(g.pred_keypoints.numpy(), e.pred_keypoints.numpy(), atol=1e-5)

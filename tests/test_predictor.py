@@ -1,0 +1,253 @@
+"""VideoPosePredictor: one result per frame in order, edge frames repeated like the clip
+mapper, each frame encoded once, bounded memory, and streaming == windowed recomputation."""
+
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import vpose_d2  # noqa: F401  isort: skip  (compat shims before Detectron2's structures)
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from vpose_d2.config import get_vpose_cfg
+from vpose_d2.engine.predictor import VideoPosePredictor, window_indices
+
+
+def test_window_indices_repeat_edges():
+    offsets = [-2, -1, 0, 1, 2]
+    assert window_indices(0, offsets, 10) == [0, 0, 0, 1, 2]
+    assert window_indices(5, offsets, 10) == [3, 4, 5, 6, 7]
+    assert window_indices(9, offsets, 10) == [7, 8, 9, 9, 9]
+    assert window_indices(0, offsets, 1) == [0, 0, 0, 0, 0]
+
+
+class _FrameIdModel(nn.Module):
+    """A stand-in video model whose output says which frames the window held.
+
+    Frame i of the test video is filled with the value i, so a frame's "encoder memory" is
+    that value; every output carries the window's frame values as its keypoint x.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.encoded: List[int] = []
+        self.alive = 0
+        self.max_alive = 0
+
+    class Memory:
+        def __init__(self, owner: "_FrameIdModel", value: int):
+            self.owner, self.value = owner, value
+            owner.alive += 1
+            owner.max_alive = max(owner.max_alive, owner.alive)
+
+        def __del__(self):
+            self.owner.alive -= 1
+
+    def encode_frames(self, frames: List[Dict]) -> List["_FrameIdModel.Memory"]:
+        values = [int(f["image"][0, 0, 0]) for f in frames]
+        self.encoded.extend(values)
+        return [self.Memory(self, v) for v in values]
+
+    def _instances(self, values: List[int], key_index: int, height: int, width: int):
+        inst = Instances((height, width))
+        kpts = torch.zeros(1, len(values), 3)
+        kpts[0, :, 0] = torch.tensor(values, dtype=torch.float32)
+        kpts[0, key_index, 2] = 1.0
+        inst.pred_keypoints = kpts
+        inst.scores = torch.ones(1)
+        inst.pred_boxes = Boxes(torch.zeros(1, 4))
+        inst.pred_classes = torch.zeros(1, dtype=torch.int64)
+        return inst
+
+    def decode(self, memories, key_index, image_sizes):
+        ((height, width),) = image_sizes
+        return [self._instances([m.value for m in memories], key_index, height, width)]
+
+    def forward(self, clips):
+        out = []
+        for clip in clips:
+            images = clip["image"] if clip["image"].dim() == 4 else clip["image"][None]
+            values = [int(im[0, 0, 0]) for im in images]
+            out.append(
+                {
+                    "instances": self._instances(
+                        values, clip["key_index"], clip["height"], clip["width"]
+                    )
+                }
+            )
+        return out
+
+
+def _cfg(offsets):
+    cfg = get_vpose_cfg()
+    cfg.INPUT.CLIP.OFFSETS = offsets
+    cfg.INPUT.MIN_SIZE_TEST = 16
+    cfg.INPUT.MAX_SIZE_TEST = 32
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    return cfg
+
+
+def _video(n: int, height: int = 12, width: int = 20) -> List[np.ndarray]:
+    return [np.full((height, width, 3), i, dtype=np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("offsets", [[-1, 1], [-2, -1, 1, 2], [1, -1], [-1], [2]])
+@pytest.mark.parametrize("num_frames", [1, 2, 7])
+@pytest.mark.parametrize("cache", [True, False])
+def test_windows_match_the_clip_mapper(offsets, num_frames, cache):
+    model = _FrameIdModel()
+    predictor = VideoPosePredictor(_cfg(offsets), model=model, cache=cache)
+    order = sorted(set(offsets) | {0})
+    assert predictor.offsets == order and predictor.window_size == len(order)
+
+    def frames():  # a generator: the predictor cannot know the length in advance
+        yield from _video(num_frames)
+
+    results = list(predictor(frames()))
+    assert [i for i, _ in results] == list(range(num_frames))
+    for key, inst in results:
+        assert inst.image_size == (12, 20)
+        seen = inst.pred_keypoints[0, :, 0].long().tolist()
+        assert seen == window_indices(key, order, num_frames), (key, seen)
+        assert inst.pred_keypoints[0, predictor.key_index, 2] == 1.0
+    if cache:
+        # Each frame encoded exactly once; never more memories alive than one window needs.
+        assert model.encoded == list(range(num_frames))
+        assert model.max_alive <= order[-1] - order[0] + 2
+    else:
+        assert model.encoded == []
+
+
+def test_grad_mode_does_not_leak_between_frames():
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
+    stream = predictor(_video(4))
+    next(stream)
+    assert torch.is_grad_enabled()  # the caller's code between frames keeps its grad mode
+    assert len(list(stream)) == 3
+
+
+def test_image_model_window_is_one_frame():
+    class _ImageModel(nn.Module):  # no encode_frames / decode: not a video model
+        _instances = _FrameIdModel._instances
+        forward = _FrameIdModel.forward
+
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_ImageModel())
+    assert predictor.window_size == 1 and not predictor.streaming
+    results = list(predictor(_video(3)))
+    assert [inst.pred_keypoints[0, 0, 0].item() for _, inst in results] == [0.0, 1.0, 2.0]
+
+
+def test_bad_frames_raise_naming_the_frame():
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
+    frames = _video(3)
+    frames[1] = np.zeros((12, 20), dtype=np.uint8)
+    with pytest.raises(ValueError, match="Frame 1"):
+        list(predictor(frames))
+    frames = _video(3)
+    frames[2] = np.zeros((14, 20, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="Frame 2"):
+        list(predictor(frames))
+
+
+def test_rgb_input_format_flips_channels():
+    cfg = _cfg([])
+    cfg.INPUT.FORMAT = "RGB"
+    predictor = VideoPosePredictor(cfg, model=_FrameIdModel())
+    frame = np.zeros((12, 20, 3), dtype=np.uint8)
+    frame[..., 0] = 200  # blue in BGR
+    item = predictor.preprocess(frame, 0)
+    assert item["image"].shape == (3, 16, 27)
+    assert item["image"][2].float().mean() == 200 and item["image"][0].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------
+# The real PAVE-Net (tiny, random weights): streaming == windowed recomputation
+# ------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+TINY_PAVE_OPTS = [
+    "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.VPOSE.HIDDEN_DIM", "32",
+    "MODEL.VPOSE.NHEADS", "2", "MODEL.VPOSE.NECK_NUM_GROUPS", "8",
+    "MODEL.VPOSE.DIM_FEEDFORWARD", "64", "MODEL.VPOSE.ENC_LAYERS", "1",
+    "MODEL.VPOSE.DEC_LAYERS", "1", "MODEL.VPOSE.JOINT_DEC_LAYERS", "1",
+    "MODEL.VPOSE.NUM_QUERIES", "8", "MODEL.VPOSE.NUM_JOINT_PERSONS_TEST", "4",
+    "MODEL.VPOSE.REFINE_HIDDEN_DIM", "32", "TEST.DETECTIONS_PER_IMAGE", "6",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_video(tmp_path_factory) -> List[np.ndarray]:
+    from vpose_d2.data.datasets.synthetic import make_synthetic_posetrack
+
+    root = make_synthetic_posetrack(
+        tmp_path_factory.mktemp("synthetic"), num_train_videos=0, num_val_videos=1,
+        frames_per_video=6, size=80, max_persons=2, min_person_height=30, max_person_height=60,
+    )  # fmt: skip
+    files = sorted((Path(root) / "images" / "val").glob("*/*.jpg"))
+    return [cv2.imread(str(f)) for f in files]
+
+
+@pytest.fixture(scope="module")
+def pave_model_cfg():
+    config = REPO / "configs" / "quick" / "pave_synthetic.yaml"
+    if not config.exists():
+        pytest.skip(f"{config} is absent")
+    cfg = get_vpose_cfg()
+    cfg.merge_from_file(str(config))
+    cfg.merge_from_list(TINY_PAVE_OPTS)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # Output projections and sampling offsets start at zero, which would make the decoders
+    # blind to the memories (and the equality below vacuous): perturb every weight.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model, cfg
+
+
+def test_pave_output_depends_on_the_neighbours(pave_model_cfg, synthetic_video):
+    model, cfg = pave_model_cfg
+    predictor = VideoPosePredictor(cfg, model=model)
+    items = [predictor.preprocess(f, i) for i, f in enumerate(synthetic_video[:3])]
+    with torch.no_grad():
+        memories = model.encode_frames(items)
+        real = model.decode(memories, predictor.key_index)[0]
+        still = model.decode([memories[1]] * 3, predictor.key_index)[0]
+    assert not torch.allclose(real.pred_keypoints, still.pred_keypoints, atol=1e-3)
+
+
+@pytest.mark.parametrize("num_frames", [6, 2, 1])
+def test_pave_streaming_equals_windowed_recomputation(pave_model_cfg, synthetic_video, num_frames):
+    model, cfg = pave_model_cfg
+    frames = synthetic_video[:num_frames]
+    streaming = VideoPosePredictor(cfg, model=model, cache=True)
+    windowed = VideoPosePredictor(cfg, model=model, cache=False)
+    assert streaming.streaming and not windowed.streaming and streaming.window_size == 3
+
+    encoded = []
+    original = model.encode_frames
+
+    def counting_encode(frames_, *args, **kwargs):
+        encoded.append(len(frames_))
+        return original(frames_, *args, **kwargs)
+
+    model.encode_frames = counting_encode
+    try:
+        stream = list(streaming(iter(frames)))
+    finally:
+        del model.encode_frames
+    assert sum(encoded) == num_frames  # every frame through the spatial encoder once
+    window = list(windowed(frames))
+    assert [i for i, _ in stream] == [i for i, _ in window] == list(range(num_frames))
+    height, width = frames[0].shape[:2]
+    for (_, a), (_, b) in zip(stream, window):
+        assert a.image_size == b.image_size == (height, width)
+        assert len(a) == len(b) == 6
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.pred_keypoints, b.pred_keypoints, atol=1e-3, rtol=1e-4)

@@ -1,0 +1,472 @@
+"""Model cost of PAVE-Net: parameters and GFLOPs per part, latency against the number of persons,
+and streaming (cached encoder) against windowed recomputation.
+
+Three measurements, printed as tables and plotted into one PNG (matplotlib, Agg):
+
+1. Parameters and GFLOPs (fvcore ``FlopCountAnalysis`` of one inference call) of
+   the spatial encoder (backbone + neck + deformable encoder), the query proposals, the
+   spatiotemporal pose decoder (STPD) and joint decoder (STJD), for one clip of T frames at
+   ``--size`` (default 800x1333), beside the paper's Table 4 (STPD 12.34 M / 7.31 G, STJD
+   5.43 M / 9.72 G). fvcore counts one multiply-add as one flop; the deformable attention op
+   is counted the same way: each of the B*Q*M*L*P samples reads D channels by bilinear
+   interpolation (4 multiply-adds) and weights them (1), so ``5 * B*Q*M*L*P*D``, whether the
+   compiled op (``vpose_d2::ms_deform_attn_forward``) or its grid_sample reference ran;
+   self-attention (``scaled_dot_product_attention``) as Lq*S*(E + Ev) per batch and head.
+2. Latency per frame against the number of persons in the frame (1, 3, 5, 10, 20 people drawn
+   by the synthetic generator's renderer), through ``VideoPosePredictor``.
+3. Per-frame cost of streaming (each frame encoded once, the window's encoder memories cached)
+   against windowed recomputation (all T frames encoded for every output frame), measured side
+   by side in one run.
+
+On a machine without CUDA the latency runs default to a CPU-sized model and input
+(``--latency-config-file configs/quick/pave_synthetic.yaml``, ``--latency-size 256``).
+
+Example::
+
+    python tools/benchmark.py                      # defaults above
+    python tools/benchmark.py --no-flops --latency-size 256 --persons 1 5 20
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+import vpose_d2  # noqa: F401  isort: skip  (registers the models; compat before Detectron2)
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from fvcore.nn.jit_handles import get_shape
+
+from vpose_d2.config import add_vpose_config
+from vpose_d2.engine import VideoPosePredictor, merge_config_file, merge_config_opts
+
+logger = logging.getLogger("vpose_d2.benchmark")
+
+#: PAVE-Net R50, Table 4 of the paper: (params in M, GFLOPs).
+PAPER_TABLE4 = {"STPD": (12.34, 7.31), "STJD": (5.43, 9.72)}
+#: Table 2 (HRNet-W48, V100-class GPU, ms) for reference in the printout.
+PAPER_TABLE2_MS = {"PAVE-Net": 153.0, "DCPose": (150, 204, 292, 431, 721)}
+
+#: Top-level modules of the meta-architectures, grouped as the paper's Table 4 reports them.
+PART_OF_MODULE = {
+    "backbone": "spatial encoder",
+    "encoder": "spatial encoder",
+    "position_embedding": "spatial encoder",
+    "level_embed": "spatial encoder",
+    "proposal_head": "proposals",
+    "pose_decoder": "STPD",
+    "joint_decoder": "STJD",
+}
+PARTS = ("spatial encoder", "proposals", "STPD", "STJD", "other")
+
+
+# ------------------------------------------------------------------------------------------
+# Config, inputs
+# ------------------------------------------------------------------------------------------
+def parse_size(text: str) -> Tuple[int, int]:
+    """ "800x1333" -> (800, 1333) (height x width); "256" -> (256, 256)."""
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW or N, got {text!r}")
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 32:
+        raise argparse.ArgumentTypeError(f"size must be HxW or N (>= 32), got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def load_cfg(config_file: str, opts: Sequence[str], size: Tuple[int, int], device: str) -> CfgNode:
+    cfg = get_cfg()
+    add_vpose_config(cfg)
+    merge_config_file(cfg, config_file)
+    merge_config_opts(cfg, opts)
+    # Frames are rendered at the benchmark size; test-time resizing must leave them as they are.
+    cfg.INPUT.MIN_SIZE_TEST = min(size)
+    cfg.INPUT.MAX_SIZE_TEST = max(size)
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    # Pretrained backbone weights are irrelevant to cost; never try to fetch them.
+    cfg.freeze()
+    return cfg
+
+
+def render_video(
+    num_persons: int, num_frames: int, size: Tuple[int, int], seed: int = 0
+) -> List[np.ndarray]:
+    """Frames with ``num_persons`` walking people, drawn by the synthetic generator's renderer.
+
+    The scene is rendered square at the longer side and resized to ``size`` (the content does
+    not change an end-to-end model's cost; only the pixel count does).
+
+    Returns:
+        ``num_frames`` (H, W, 3) uint8 BGR frames.
+    """
+    import cv2
+
+    # The generator's scene pieces are module-private; the benchmark reuses them on purpose so
+    # the people look like the training data.
+    from vpose_d2.data.datasets import synthetic as syn
+
+    height, width = size
+    side = max(size)
+    rng = np.random.default_rng(seed)
+    background = syn._background(rng, side, clutter=8)
+    # Smaller people when there are many, so 20 of them still fit in the frame.
+    scale = 1.0 if num_persons <= 5 else math.sqrt(5.0 / num_persons)
+    persons = [syn._Person(rng, side, float(rng.uniform(0.3, 0.6) * side * scale))
+               for _ in range(num_persons)]  # fmt: skip
+    frames = []
+    for t in range(num_frames):
+        img = background.copy()
+        for person in sorted(persons, key=lambda p: p.y):  # nearer (lower) people on top
+            syn._draw_person(img, person, person.joints(t))
+            person.step()
+        frames.append(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA))
+    return frames
+
+
+# ------------------------------------------------------------------------------------------
+# Parameters and FLOPs
+# ------------------------------------------------------------------------------------------
+def _ms_deform_attn_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Compiled op: value (B,S,M,D), sampling_locations (B,Q,M,L,P,2) -> 5 * B*Q*M*L*P*D."""
+    b, _, m, d = get_shape(inputs[0])
+    _, q, _, l, p, _ = get_shape(inputs[3])
+    return 5 * b * q * m * l * p * d
+
+
+def _grid_sampler_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Reference op, one level: output (B*M, D, Q, P) samples -> 5 multiply-adds each (the
+    weighting is an elementwise product fvcore would skip, so it is counted here)."""
+    return 5 * int(np.prod(get_shape(outputs[0])))
+
+
+def _sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Self-attention: q (..., Lq, E), k (..., S, E), v (..., S, Ev) -> Lq*S*(E + Ev) per batch."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = int(np.prod(q[:-2]))
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def count_params(model: torch.nn.Module) -> Dict[str, int]:
+    """Parameters per part (PART_OF_MODULE), top-level parameters and the rest in "other"."""
+    counts = {part: 0 for part in PARTS}
+    for name, param in model.named_parameters():
+        counts[PART_OF_MODULE.get(name.split(".")[0], "other")] += param.numel()
+    counts["total"] = sum(counts[p] for p in PARTS)
+    return counts
+
+
+class _ClipToTensors(torch.nn.Module):
+    """``model([clip])`` as a function of the clip's image tensor only, returning tensors, so
+    fvcore's jit tracer can run it (Detectron2's TracingAdapter lives in detectron2.export,
+    which needs caffe2 protos this torch lacks)."""
+
+    def __init__(self, model: torch.nn.Module, clip: Dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.clip = {k: v for k, v in clip.items() if k != "image"}
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        instances = self.model([dict(self.clip, image=image)])[0]["instances"]
+        return instances.pred_keypoints, instances.scores
+
+
+def count_flops(model: torch.nn.Module, clip: Dict[str, Any]) -> Dict[str, float]:
+    """GFLOPs (multiply-adds) per part for one inference call on ``clip``."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(_ClipToTensors(model, clip), (clip["image"],))
+    analysis.set_op_handle(
+        **{"vpose_d2::ms_deform_attn_forward": _ms_deform_attn_flops,
+           "aten::grid_sampler": _grid_sampler_flops,
+           "aten::scaled_dot_product_attention": _sdpa_flops}  # fmt: skip
+    )
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    by_module = analysis.by_module()
+    total = analysis.total()
+    flops = {part: 0.0 for part in PARTS}
+    for name, _ in model.named_children():
+        flops[PART_OF_MODULE.get(name, "other")] += by_module.get(f"model.{name}", 0)
+    flops["other"] += total - sum(flops[p] for p in PARTS)
+    flops["total"] = total
+    unsupported = dict(analysis.unsupported_ops())
+    if unsupported:
+        logger.info("Ops without a FLOP handle (not counted): %s", unsupported)
+    return {k: v / 1e9 for k, v in flops.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Latency
+# ------------------------------------------------------------------------------------------
+def _time_once(predictor: VideoPosePredictor, frames: List[np.ndarray]) -> float:
+    """Mean wall time per output frame (ms) of one pass over ``frames``."""
+    cuda = predictor.cfg.MODEL.DEVICE.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    count = sum(1 for _ in predictor(frames))
+    if cuda:
+        torch.cuda.synchronize()
+    return 1000.0 * (time.perf_counter() - start) / count
+
+
+def time_side_by_side(
+    predictors: Sequence[VideoPosePredictor], frames: List[np.ndarray], repeats: int
+) -> List[float]:
+    """Best-of-``repeats`` ms per frame of each predictor, the runs interleaved so that every
+    predictor sees the same machine load; one warm-up pass each first."""
+    for predictor in predictors:
+        _time_once(predictor, frames)
+    runs: List[List[float]] = [[] for _ in predictors]
+    for _ in range(repeats):
+        for i, predictor in enumerate(predictors):
+            runs[i].append(_time_once(predictor, frames))
+    # The minimum: on a shared machine, noise only ever adds time.
+    return [min(r) for r in runs]
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+def print_cost_table(
+    params: Dict[str, int], flops: Optional[Dict[str, float]], num_frames: int, header: str
+) -> None:
+    lines = [header, f"{'part':<16}{'params (M)':>12}{'GFLOPs':>10}{'paper (M / G)':>18}"]
+    for part in PARTS + ("total",):
+        paper = PAPER_TABLE4.get(part)
+        paper_txt = f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else ""
+        gf = f"{flops[part]:.2f}" if flops else "-"
+        lines.append(f"{part:<16}{params[part] / 1e6:>12.2f}{gf:>10}{paper_txt:>18}")
+    if flops:
+        # The encoder ran on all T frames of the clip; streaming pays it once per frame.
+        streaming = flops["total"] - flops["spatial encoder"] * (num_frames - 1) / num_frames
+        lines.append(
+            f"per output frame: windowed recomputation {flops['total']:.2f} GFLOPs, streaming "
+            f"{streaming:.2f} GFLOPs (encoder {flops['spatial encoder'] / num_frames:.2f} per "
+            f"frame): {flops['total'] / streaming:.2f}x"
+        )
+    print("\n".join(lines))
+
+
+def plot(
+    path: Path,
+    persons: Sequence[int],
+    streaming: Sequence[float],
+    windowed: Sequence[float],
+    flops: Optional[Dict[str, float]],
+    title: str,
+    flops_title: str = "",
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if persons:
+        ax.plot(persons, streaming, "o-", label="PAVE-Net, streaming (cached encoder)")
+        ax.plot(persons, windowed, "s--", label="PAVE-Net, windowed recomputation")
+        ax.set_xlabel("persons in the frame")
+        ax.set_ylabel("ms / frame")
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(list(persons))
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        ax.axis("off")
+    ax = axes[1]
+    if flops:
+        parts = ["spatial encoder", "proposals", "STPD", "STJD"]
+        xs = np.arange(len(parts))
+        ax.bar(xs - 0.2, [flops[p] for p in parts], 0.4, label="measured (one clip)")
+        ax.bar(
+            xs + 0.2,
+            [PAPER_TABLE4.get(p, (0, float("nan")))[1] for p in parts],
+            0.4,
+            label="paper Table 4",
+        )
+        ax.set_xticks(xs)
+        ax.set_xticklabels(parts)
+        ax.set_ylabel("GFLOPs (multiply-adds)")
+        ax.set_title(flops_title, fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def measure_latency(
+    args: argparse.Namespace, config_file: str, size: Tuple[int, int]
+) -> Tuple[List[Tuple[int, float, float]], str]:
+    """ms per frame, streaming and windowed, for each number of persons; prints the table."""
+    cfg = load_cfg(config_file, args.opts, size, args.device)
+    model = build_model(cfg).eval()
+    streaming = VideoPosePredictor(cfg, model=model, cache=True)
+    windowed = VideoPosePredictor(cfg, model=model, cache=False)
+    rows = []
+    for n in args.persons:
+        frames = render_video(n, args.frames, size, seed=n)
+        s, w = time_side_by_side([streaming, windowed], frames, args.repeats)
+        rows.append((n, s, w))
+        logger.info("%d persons: streaming %.1f ms/frame, windowed %.1f ms/frame", n, s, w)
+    title = (
+        f"{Path(config_file).name}, T={streaming.window_size}, {size[0]}x{size[1]}, "
+        f"{args.device}, {torch.get_num_threads()} threads"
+    )
+    # On a shared machine other processes' load inflates wall times: say how busy it was.
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    logger.info("System load average (1, 5, 15 min) after the runs: %s", load)
+    title += f", load avg {load.split(',')[0]}"
+    print(f"\nLatency per frame (ms), {title}, best of {args.repeats}")
+    print(f"{'persons':>8}{'streaming':>12}{'windowed':>12}{'ratio w/s':>11}")
+    for n, s, w in rows:
+        print(f"{n:>8}{s:>12.1f}{w:>12.1f}{w / s:>11.2f}")
+    s_all = [r[1] for r in rows]
+    print(
+        f"spread over persons (max/min): streaming {max(s_all) / min(s_all):.2f}; paper "
+        f"Table 2: PAVE-Net {PAPER_TABLE2_MS['PAVE-Net']:.0f} ms flat, DCPose "
+        f"{PAPER_TABLE2_MS['DCPose'][0]}->{PAPER_TABLE2_MS['DCPose'][-1]} ms for 1->20 persons"
+    )
+    return rows, title
+
+
+def get_parser() -> argparse.ArgumentParser:
+    cpu = not torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config-file",
+        default="configs/pave_r50.yaml",
+        help="model whose parameters and FLOPs are counted",
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=(800, 1333),
+        help="input HxW (or N for NxN) for the FLOP count",
+    )
+    parser.add_argument(
+        "--latency-config-file",
+        default="configs/quick/pave_synthetic.yaml" if cpu else None,
+        help="model timed for latency (default: --config-file with CUDA, the "
+        "quick CPU config without)",
+    )
+    parser.add_argument(
+        "--latency-size",
+        type=parse_size,
+        default=(256, 256) if cpu else None,
+        help="input HxW for the latency runs (default: --size with CUDA, 256 " "without)",
+    )
+    parser.add_argument("--persons", type=int, nargs="+", default=[1, 3, 5, 10, 20])
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=6,
+        help="frames per timed video (results per frame are averaged)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per setting (the best is reported)"
+    )
+    parser.add_argument("--device", default="cuda" if not cpu else "cpu")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    parser.add_argument(
+        "--output", default="output/benchmark", help="folder for benchmark.png and benchmark.json"
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides for both models, KEY VALUE pairs",
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="vpose_d2")
+    latency_config = args.latency_config_file or args.config_file
+    latency_size = args.latency_size or args.size
+    results: Dict[str, Any] = {"device": args.device, "threads": torch.get_num_threads()}
+    torch.manual_seed(0)
+
+    # 1. Parameters and FLOPs of one clip at --size.
+    cfg = load_cfg(args.config_file, args.opts, args.size, args.device)
+    model = build_model(cfg).eval()
+    window = VideoPosePredictor(cfg, model=model)
+    num_frames = window.window_size
+    params = count_params(model)
+    flops = None
+    if not args.no_flops:
+        height, width = args.size
+        frame = render_video(5, 1, args.size)[0]
+        image = torch.as_tensor(np.ascontiguousarray(frame.transpose(2, 0, 1)))
+        clip = {
+            "image": image[None].repeat(num_frames, 1, 1, 1),
+            "key_index": window.key_index,
+            "height": height,
+            "width": width,
+        }
+        start = time.perf_counter()
+        with torch.no_grad():
+            flops = count_flops(model, clip)
+        logger.info("FLOP count took %.1f s", time.perf_counter() - start)
+    print_cost_table(
+        params,
+        flops,
+        num_frames,
+        f"\n{args.config_file}: T={num_frames}, one clip at " f"{args.size[0]}x{args.size[1]}",
+    )
+    results["cost"] = {
+        "config": args.config_file,
+        "size": args.size,
+        "T": num_frames,
+        "params": params,
+        "gflops": flops,
+    }
+    del model
+
+    # 2 + 3. Latency against persons, streaming and windowed, side by side.
+    rows: List[Tuple[int, float, float]] = []
+    title = ""
+    if not args.no_latency:
+        rows, title = measure_latency(args, latency_config, latency_size)
+        results["latency"] = {
+            "config": latency_config, "size": latency_size, "title": title,
+            "rows": [{"persons": n, "streaming_ms": s, "windowed_ms": w} for n, s, w in rows],
+        }  # fmt: skip
+
+    out = Path(args.output)
+    plot(
+        out / "benchmark.png",
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        flops,
+        title,
+        f"{Path(args.config_file).name}, T={num_frames}, one clip at {args.size[0]}x{args.size[1]}",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nWrote {out / 'benchmark.png'} and {out / 'benchmark.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Training and inference: ``VPoseTrainer`` (optimizer, AMP, checkpoints), a CPU-capable
+``launch``, config ``setup``, and the ``VideoPosePredictor``."""
+
+from .defaults import ConfigKeyError, merge_config_file, merge_config_opts, setup
+from .launch import launch
+from .optim import build_vpose_optimizer, get_vpose_param_groups
+from .predictor import VideoPosePredictor
+from .trainer import MixedPrecisionTrainer, StrictShapeCheckpointer, VPoseTrainer
+
+__all__ = [
+    "ConfigKeyError",
+    "MixedPrecisionTrainer",
+    "StrictShapeCheckpointer",
+    "VPoseTrainer",
+    "VideoPosePredictor",
+    "build_vpose_optimizer",
+    "get_vpose_param_groups",
+    "launch",
+    "merge_config_file",
+    "merge_config_opts",
+    "setup",
+]

@@ -1,0 +1,244 @@
+"""``VideoPosePredictor``: a model from a config and weights, run over any stream of frames.
+
+Like Detectron2's ``DefaultPredictor`` (clone the config, build the model, load
+``MODEL.WEIGHTS``, resize with ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, convert BGR
+to ``INPUT.FORMAT``), but for video: a sliding window of ``T = 1 + len(INPUT.CLIP.OFFSETS)``
+frames around every key frame. Neighbours beyond the ends of the video repeat the edge frame,
+exactly as the clip mapper builds training clips.
+
+A model that exposes ``encode_frames`` / ``decode`` (``PAVENet``) runs the spatial encoder on
+each frame ONCE; the window holds per-frame encoder memories and only the decoders run per
+key frame ("streaming"). ``cache=False`` instead recomputes the whole clip through the model's
+``forward`` for every key frame ("windowed recomputation": T encoder passes per output frame),
+the reference the streaming path must reproduce. Any other model (``ImagePoseTransformer``)
+sees one frame at a time.
+
+Memory stays bounded: only the frames the current and the next window need are kept.
+"""
+
+import logging
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from .trainer import StrictShapeCheckpointer
+
+__all__ = ["VideoPosePredictor", "window_indices"]
+
+logger = logging.getLogger(__name__)
+
+
+def window_indices(key: int, offsets: Sequence[int], num_frames: int) -> List[int]:
+    """Frame indices of the window around ``key``, edge frames repeated at both ends.
+
+    Args:
+        key: index of the key frame in the video (0-based).
+        offsets: the window's offsets relative to the key frame, in window order (0 included).
+        num_frames: number of frames of the video, or a large number while its end is unknown.
+
+    Returns:
+        ``len(offsets)`` indices, each clamped to ``[0, num_frames - 1]``.
+    """
+    return [min(max(key + o, 0), num_frames - 1) for o in offsets]
+
+
+class VideoPosePredictor:
+    """Run a pose model over a video, one result per frame, in order.
+
+    Attributes:
+        cfg (CfgNode): the (cloned) config.
+        model (nn.Module): the model, in eval mode.
+        metadata: the metadata of ``cfg.DATASETS.TEST[0]`` (keypoint names, skeleton), or of
+            ``cfg.DATASETS.TRAIN[0]`` when there is no test set.
+        offsets (list[int]): window offsets around the key frame, in the model's frame order
+            (0, the key frame, included); ``[0]`` for image models.
+        key_index (int): position of the key frame in the window.
+        streaming (bool): whether frames are encoded once and cached.
+
+    Examples:
+    ::
+        predictor = VideoPosePredictor(cfg)
+        for frame_index, instances in predictor(frames):  # frames: iterable of HxWx3 BGR
+            print(frame_index, instances.pred_keypoints.shape)
+    """
+
+    def __init__(
+        self, cfg: CfgNode, *, cache: bool = True, model: Optional[torch.nn.Module] = None
+    ):
+        """
+        Args:
+            cfg: a config with vpose_d2's keys (``add_vpose_config``).
+            cache: encode each frame once and keep the window's encoder memories (models with
+                ``encode_frames`` / ``decode``); False recomputes every window from pixels.
+            model: use this model (already built, weights loaded) instead of building one from
+                ``cfg`` and loading ``cfg.MODEL.WEIGHTS``; for tests and the benchmark.
+        """
+        self.cfg = cfg.clone()  # the model may modify its config
+        if model is None:
+            model = build_model(self.cfg)
+            if self.cfg.MODEL.WEIGHTS:
+                strict = bool(self.cfg.MODEL.get("WEIGHTS_STRICT_SHAPES", True))
+                StrictShapeCheckpointer(model, strict_shapes=strict).load(self.cfg.MODEL.WEIGHTS)
+            else:
+                logger.warning("MODEL.WEIGHTS is empty: predicting with random weights.")
+        self.model = model.eval()
+        names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
+        self.metadata = MetadataCatalog.get(names[0]) if names else None
+
+        self.aug = T.ResizeShortestEdge(
+            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
+            self.cfg.INPUT.MAX_SIZE_TEST,
+        )
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+
+        is_video_model = hasattr(self.model, "encode_frames") and hasattr(self.model, "decode")
+        if is_video_model:
+            # The model's frame order: the offsets sorted with the key frame (0) among them,
+            # the order the clip mapper stacks training clips in.
+            self.offsets = sorted(set(int(o) for o in self.cfg.INPUT.CLIP.OFFSETS) | {0})
+        else:
+            self.offsets = [0]
+        self.key_index = self.offsets.index(0)
+        for attr, mine in (("num_frames", len(self.offsets)), ("key_index", self.key_index)):
+            theirs = getattr(self.model, attr, None) if is_video_model else None
+            if isinstance(theirs, int) and theirs != mine:
+                raise ValueError(
+                    f"INPUT.CLIP.OFFSETS {list(self.cfg.INPUT.CLIP.OFFSETS)} give {attr} "
+                    f"{mine}, but the model was built with {attr} {theirs}"
+                )
+        self.streaming = bool(cache) and is_video_model
+        self._past = -self.offsets[0]
+        self._future = self.offsets[-1]
+
+    @property
+    def window_size(self) -> int:
+        """Number of frames T the model sees per key frame."""
+        return len(self.offsets)
+
+    # --------------------------------------------------------------------------------------
+    # Per-frame steps
+    # --------------------------------------------------------------------------------------
+    def preprocess(self, frame: np.ndarray, index: int) -> Dict[str, Any]:
+        """Resize one BGR frame for the model.
+
+        Args:
+            frame: (H, W, 3) uint8 BGR.
+            index: its position in the video (for error messages).
+
+        Returns:
+            ``{"image": uint8 Tensor (3, h, w) in INPUT.FORMAT, "height": H, "width": W}``.
+        """
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+            shape = getattr(frame, "shape", type(frame).__name__)
+            raise ValueError(f"Frame {index}: expected an HxWx3 BGR numpy array, got {shape}")
+        if frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise ValueError(f"Frame {index}: empty image of shape {frame.shape}")
+        if frame.dtype != np.uint8:
+            raise ValueError(f"Frame {index}: expected dtype uint8, got {frame.dtype}")
+        if self.input_format == "RGB":
+            frame = frame[:, :, ::-1]
+        height, width = frame.shape[:2]
+        image = self.aug.get_transform(frame).apply_image(frame)
+        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return {"image": image, "height": height, "width": width}
+
+    # no_grad per call, not around the generator: a context held across ``yield`` would leak
+    # the grad mode into the caller's code between frames.
+    @torch.no_grad()
+    def _encode(self, item: Dict[str, Any]) -> Any:
+        """What the window keeps for a frame: its encoder memory, or its pixels."""
+        if self.streaming:
+            return self.model.encode_frames([item])[0]
+        return item
+
+    @torch.no_grad()
+    def _predict_key(self, key: int, window: List[Any], key_item: Dict[str, Any]) -> Instances:
+        """Poses in the key frame from the window's T cached entries."""
+        height, width = key_item["height"], key_item["width"]
+        if self.streaming:
+            instances = self.model.decode(window, self.key_index, image_sizes=[(height, width)])[0]
+        else:
+            clip = {
+                "image": torch.stack([w["image"] for w in window]),
+                "key_index": self.key_index,
+                "height": height,
+                "width": width,
+            }
+            if len(window) == 1:
+                clip["image"] = clip["image"][0]
+            instances = self.model([clip])[0]["instances"]
+        return instances.to("cpu")
+
+    # --------------------------------------------------------------------------------------
+    # The sliding window
+    # --------------------------------------------------------------------------------------
+    def __call__(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[int, Instances]]:
+        """Predict every frame of a video.
+
+        Args:
+            frames: any iterable of (H, W, 3) uint8 BGR frames of one video (a list, a
+                generator reading a file or a camera). All frames must share one size.
+
+        Yields:
+            ``(frame_index, Instances)`` for every frame, in order; Instances in the frame's
+            original pixels with ``pred_keypoints (N, K, 3)`` [x, y, score], ``scores (N,)``,
+            ``pred_boxes`` and, where the model tracks, ``pred_track_ids``.
+        """
+        cache: Dict[int, Any] = {}  # frame index -> encoder memory (or pixels)
+        sizes: Dict[int, Dict[str, Any]] = {}  # frame index -> {"height", "width"}
+        first_shape = None
+        num_read = 0
+        next_key = 0
+        for index, frame in enumerate(frames):
+            item = self.preprocess(frame, index)
+            if first_shape is None:
+                first_shape = frame.shape
+            elif frame.shape != first_shape:
+                # Per-frame memories of different sizes cannot share a window.
+                raise ValueError(
+                    f"Frame {index}: size {frame.shape[:2]} differs from the first frame's "
+                    f"{first_shape[:2]}; all frames of a video must have one size"
+                )
+            cache[index] = self._encode(item)
+            sizes[index] = {"height": item["height"], "width": item["width"]}
+            num_read = index + 1
+            # The window of key frame k reaches k + future: ready once that frame is read.
+            while next_key + self._future <= index:
+                yield next_key, self._run_key(next_key, cache, sizes, None)
+                next_key += 1
+                self._evict(cache, sizes, next_key)
+        # End of the stream: the last keys' future neighbours repeat the last frame.
+        while next_key < num_read:
+            yield next_key, self._run_key(next_key, cache, sizes, num_read)
+            next_key += 1
+            self._evict(cache, sizes, next_key)
+
+    def _run_key(
+        self,
+        key: int,
+        cache: Dict[int, Any],
+        sizes: Dict[int, Dict[str, Any]],
+        num_frames: Optional[int],
+    ) -> Instances:
+        bound = num_frames if num_frames is not None else key + self._future + 1
+        indices = window_indices(key, self.offsets, bound)
+        return self._predict_key(key, [cache[i] for i in indices], sizes[key])
+
+    def _evict(self, cache: Dict[int, Any], sizes: Dict[int, Any], next_key: int) -> None:
+        """Drop what no later window needs: frames before ``next_key - past`` (clamped at 0)."""
+        oldest_needed = max(0, next_key - self._past)
+        for index in [i for i in cache if i < oldest_needed]:
+            del cache[index]
+            del sizes[index]
+
+    def predict_video(self, frames: Iterable[np.ndarray]) -> List[Instances]:
+        """All frames' predictions as a list (convenience for short videos)."""
+        return [instances for _, instances in self(frames)]

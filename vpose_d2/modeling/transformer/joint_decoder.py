@@ -1,0 +1,232 @@
+"""Joint decoder: K joint queries per person refine that person's keypoints.
+
+T-frame aware like the pose decoder: joint query k of person p samples every frame around
+that frame's keypoint k (its own offsets/weights per frame, one softmax over all frames),
+and each frame's keypoints are refined by that frame's MLP; the key frame is the output.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from torch import nn
+
+from vpose_d2.layers.mlp import MLP
+from vpose_d2.layers.position_encoding import sine_embed_points
+
+from .frame_attention import PointDeformableAttention
+from .utils import inverse_sigmoid
+
+__all__ = ["JointDecoderLayer", "JointDecoder"]
+
+
+class JointDecoderLayer(nn.Module):
+    """Self-attention among a person's K joints, deformable cross-attention, FFN (post-norm)."""
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_points: int = 4,
+        num_frames: int = 1,
+        attn_impl: str = "auto",
+    ):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.cross_attn = PointDeformableAttention(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_points=num_points,
+            num_frames=num_frames,
+            impl=attn_impl,
+        )
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
+        self.activation = nn.ReLU(inplace=True)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            tgt: (B, P, K, C) joint query content of P persons.
+            query_pos: (B, P, K, C) position embeddings.
+            reference_points: (B, T, P, K, 2) per-frame joint references in [0, 1].
+            memory, spatial_shapes, level_start_index, valid_ratios, memory_padding_mask:
+                the T-frame memory as in :class:`PoseDecoderLayer`.
+
+        Returns:
+            (B, P, K, C).
+        """
+        b, p, k, c = tgt.shape
+        t = reference_points.shape[1]
+        # Joints attend only within their own person: persons go to the batch axis here.
+        q = (tgt + query_pos).reshape(b * p, k, c)
+        sa = self.self_attn(q, q, tgt.reshape(b * p, k, c), need_weights=False)[0]
+        tgt = self.norm1(tgt + self.dropout1(sa.view(b, p, k, c)))
+        tgt2 = self.cross_attn(
+            (tgt + query_pos).reshape(b, p * k, c),
+            reference_points.reshape(b, t, p * k, 2),
+            memory,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            memory_padding_mask,
+        )
+        tgt = self.norm2(tgt + self.dropout2(tgt2.view(b, p, k, c)))
+        tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(tgt2))
+
+
+class JointDecoder(nn.Module):
+    """Stack of :class:`JointDecoderLayer` with per-layer, per-frame 2-D refinement."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_layers: int = 3,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_points: int = 4,
+        num_keypoints: int,
+        num_frames: int = 1,
+        attn_impl: str = "auto",
+    ):
+        """
+        Args:
+            num_layers: decoder layers (paper 3, PETR release 2).
+            embed_dim, num_heads, dim_feedforward, dropout, num_levels: transformer sizes.
+            num_points: samples per head, level and frame around each joint.
+            num_keypoints: joints K (one learned query each, shared by all persons).
+            num_frames: frames T attended.
+            attn_impl: forwarded to ``ms_deform_attn``.
+        """
+        super().__init__()
+        self.num_layers = num_layers
+        self.num_keypoints = num_keypoints
+        self.num_frames = num_frames
+        # PAVE-Net sets this: only the key frame is supervised, so neighbour frames' refined
+        # poses keep their gradient into the next layer's sampling locations (else the
+        # neighbours' refinement MLPs never learn). The key frame is detached as in DETR.
+        self.neighbour_reference_grad = False
+        self.embed_dim = embed_dim
+        self.joint_embed = nn.Embedding(num_keypoints, embed_dim)
+        self.query_pos_head = MLP(embed_dim, embed_dim, embed_dim, 2)
+        self.layers = nn.ModuleList(
+            JointDecoderLayer(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                dim_feedforward=dim_feedforward,
+                dropout=dropout,
+                num_levels=num_levels,
+                num_points=num_points,
+                num_frames=num_frames,
+                attn_impl=attn_impl,
+            )
+            for _ in range(num_layers)
+        )
+        self.refine = nn.ModuleList(
+            nn.ModuleList(MLP(embed_dim, embed_dim, 2, 3).zero_last() for _ in range(num_frames))
+            for _ in range(num_layers)
+        )
+        self.sigma_heads = nn.ModuleList(nn.Linear(embed_dim, 2) for _ in range(num_layers))
+
+    @classmethod
+    def from_config(cls, cfg, num_keypoints: int, num_frames: int = 1) -> Dict:
+        v = cfg.MODEL.VPOSE
+        return {
+            "num_layers": v.JOINT_DEC_LAYERS,
+            "embed_dim": v.HIDDEN_DIM,
+            "num_heads": v.NHEADS,
+            "dim_feedforward": v.DIM_FEEDFORWARD,
+            "dropout": v.DROPOUT,
+            "num_levels": v.NUM_FEATURE_LEVELS,
+            "num_points": v.JOINT_DEC_N_POINTS,
+            "num_keypoints": num_keypoints,
+            "num_frames": num_frames,
+            "attn_impl": v.ATTN_IMPL,
+        }
+
+    def forward(
+        self,
+        reference_joints: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor] = None,
+        key_index: int = 0,
+    ) -> List[Dict[str, torch.Tensor]]:
+        """
+        Args:
+            reference_joints: (B, T, P, K, 2) per-frame keypoints of P persons per image (the
+                pose decoder's output, detached by the caller).
+            memory: (B, T * S, C); spatial_shapes (T * L, 2); level_start_index (T * L,);
+            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) or None.
+            key_index: position of the key frame on the T axis.
+
+        Returns:
+            One dict per layer: ``joints`` (B, T, P, K, 2) refined keypoints of every frame
+            (the key frame is the output), ``sigmas`` (B, P, K, 2) RLE scales of the key
+            frame's joints.
+        """
+        b, t, p, k, _ = reference_joints.shape
+        if t != self.num_frames or k != self.num_keypoints:
+            raise ValueError(
+                f"JointDecoder built for T={self.num_frames}, K={self.num_keypoints}, got "
+                f"reference_joints {tuple(reference_joints.shape)}"
+            )
+        tgt = self.joint_embed.weight.view(1, 1, k, -1).expand(b, p, k, -1)
+        refs = reference_joints
+        outputs = []
+        for i, layer in enumerate(self.layers):
+            pos = sine_embed_points(refs[:, key_index], self.embed_dim // 2)
+            query_pos = self.query_pos_head(pos)
+            tgt = layer(
+                tgt,
+                query_pos,
+                refs,
+                memory,
+                spatial_shapes,
+                level_start_index,
+                valid_ratios,
+                memory_padding_mask,
+            )
+            deltas = torch.stack([mlp(tgt) for mlp in self.refine[i]], 1)  # (B, T, P, K, 2)
+            joints = (inverse_sigmoid(refs) + deltas).sigmoid()
+            outputs.append({"joints": joints, "sigmas": self.sigma_heads[i](tgt).sigmoid()})
+            refs = joints.detach()
+            if self.neighbour_reference_grad and t > 1:
+                refs = torch.cat(
+                    (
+                        joints[:, :key_index],
+                        refs[:, key_index : key_index + 1],
+                        joints[:, key_index + 1 :],
+                    ),
+                    1,
+                )
+        return outputs

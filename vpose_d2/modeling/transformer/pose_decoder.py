@@ -1,0 +1,258 @@
+"""Pose decoder: pose queries refine full-body poses with pose-aware attention.
+
+Written for T frames from the start (PAVE-Net's spatiotemporal pose decoder); the image
+model is the case ``num_frames = 1``. Queries are shared by all frames; every frame has its
+own reference poses, offset/weight projections and refinement MLPs; class and sigma heads
+read the shared query and describe the key frame.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from torch import nn
+
+from vpose_d2.layers.mlp import MLP
+
+from .frame_attention import PoseAwareDeformableAttention
+from .utils import bias_init_with_prob, inverse_sigmoid
+
+__all__ = ["PoseDecoderLayer", "PoseDecoder"]
+
+
+class PoseDecoderLayer(nn.Module):
+    """Self-attention among queries, pose-aware cross-attention over T frames, FFN (post-norm)."""
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_keypoints: int,
+        num_frames: int = 1,
+        attn_impl: str = "auto",
+    ):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.cross_attn = PoseAwareDeformableAttention(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_keypoints=num_keypoints,
+            num_frames=num_frames,
+            impl=attn_impl,
+        )
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
+        self.activation = nn.ReLU(inplace=True)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_poses: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            tgt: (B, N, C) query content.
+            query_pos: (B, N, C) query position embedding.
+            reference_poses: (B, T, N, K, 2) per-frame reference poses in [0, 1].
+            memory: (B, T * S, C); spatial_shapes (T * L, 2); level_start_index (T * L,);
+            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) or None.
+
+        Returns:
+            (B, N, C) updated queries.
+        """
+        q = k = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt2 = self.cross_attn(
+            tgt + query_pos,
+            reference_poses,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            memory_padding_mask,
+        )
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(tgt2))
+
+
+class PoseDecoder(nn.Module):
+    """Stack of :class:`PoseDecoderLayer` with per-layer, per-frame pose refinement.
+
+    After layer i, frame t's pose is ``sigmoid(logit(R_t) + MLP_{i,t}(q))`` (paper eq. 4 /
+    PAVE eq. 6); the refined pose, detached, is the next layer's reference.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_layers: int = 3,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_keypoints: int,
+        num_frames: int = 1,
+        refine_hidden_dim: int = 512,
+        refine_num_layers: int = 4,
+        prior_prob: float = 0.01,
+        attn_impl: str = "auto",
+    ):
+        """
+        Args:
+            num_layers: decoder layers (paper 3).
+            embed_dim, num_heads, dim_feedforward, dropout, num_levels: transformer sizes.
+            num_keypoints: joints K.
+            num_frames: frames T attended (1 for the image model).
+            refine_hidden_dim, refine_num_layers: the refinement MLPs (PAVE:
+                256 -> 512 -> 512 -> 512 -> 2K, i.e. 512 and 4 layers).
+            prior_prob: initial foreground probability of the class heads.
+            attn_impl: forwarded to ``ms_deform_attn``.
+        """
+        super().__init__()
+        self.num_layers = num_layers
+        self.num_keypoints = num_keypoints
+        self.num_frames = num_frames
+        # PAVE-Net sets this: only the key frame is supervised, so neighbour frames' refined
+        # poses keep their gradient into the next layer's sampling locations (else the
+        # neighbours' refinement MLPs never learn). The key frame is detached as in DETR.
+        self.neighbour_reference_grad = False
+        self.layers = nn.ModuleList(
+            PoseDecoderLayer(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                dim_feedforward=dim_feedforward,
+                dropout=dropout,
+                num_levels=num_levels,
+                num_keypoints=num_keypoints,
+                num_frames=num_frames,
+                attn_impl=attn_impl,
+            )
+            for _ in range(num_layers)
+        )
+        # refine[i][t]: layer i, frame t. Zero last layer: refinement starts as identity.
+        self.refine = nn.ModuleList(
+            nn.ModuleList(
+                MLP(embed_dim, refine_hidden_dim, 2 * num_keypoints, refine_num_layers).zero_last()
+                for _ in range(num_frames)
+            )
+            for _ in range(num_layers)
+        )
+        self.class_heads = nn.ModuleList(nn.Linear(embed_dim, 1) for _ in range(num_layers))
+        self.sigma_heads = nn.ModuleList(
+            nn.Linear(embed_dim, 2 * num_keypoints) for _ in range(num_layers)
+        )
+        bias = bias_init_with_prob(prior_prob)
+        for head in self.class_heads:
+            nn.init.constant_(head.bias, bias)
+        # The query position embedding is recomputed from the key-frame reference each layer.
+        self.query_pos_head = MLP(2 * num_keypoints, embed_dim, embed_dim, 2)
+
+    @classmethod
+    def from_config(cls, cfg, num_keypoints: int, num_frames: int = 1) -> Dict:
+        v = cfg.MODEL.VPOSE
+        return {
+            "num_layers": v.DEC_LAYERS,
+            "embed_dim": v.HIDDEN_DIM,
+            "num_heads": v.NHEADS,
+            "dim_feedforward": v.DIM_FEEDFORWARD,
+            "dropout": v.DROPOUT,
+            "num_levels": v.NUM_FEATURE_LEVELS,
+            "num_keypoints": num_keypoints,
+            "num_frames": num_frames,
+            "refine_hidden_dim": v.REFINE_HIDDEN_DIM,
+            "refine_num_layers": v.REFINE_NUM_LAYERS,
+            "prior_prob": v.PRIOR_PROB,
+            "attn_impl": v.ATTN_IMPL,
+        }
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        reference_poses: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor] = None,
+        key_index: int = 0,
+    ) -> List[Dict[str, torch.Tensor]]:
+        """
+        Args:
+            tgt: (B, N, C) initial query content (from the proposals).
+            reference_poses: (B, T, N, K, 2) initial references in [0, 1] (for PAVE-Net every
+                frame starts from the key-frame proposal); detached by the caller.
+            memory: (B, T * S, C) the T frames' encoder memories concatenated along S.
+            spatial_shapes: (T * L, 2) int64; level_start_index: (T * L,) int64.
+            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) bool or None.
+            key_index: position of the key frame on the T axis.
+
+        Returns:
+            One dict per layer: ``poses`` (B, T, N, K, 2) refined poses of every frame,
+            ``logits`` (B, N) class logits, ``sigmas`` (B, N, K, 2) RLE scales of the
+            key-frame joints, ``queries`` (B, N, C) layer output.
+        """
+        b, t, n, k, _ = reference_poses.shape
+        if t != self.num_frames or k != self.num_keypoints:
+            raise ValueError(
+                f"PoseDecoder built for T={self.num_frames}, K={self.num_keypoints} got "
+                f"reference_poses {tuple(reference_poses.shape)}"
+            )
+        if not 0 <= key_index < t:
+            raise ValueError(f"PoseDecoder: key_index {key_index} outside [0, {t})")
+        outputs = []
+        refs = reference_poses
+        for i, layer in enumerate(self.layers):
+            query_pos = self.query_pos_head(refs[:, key_index].flatten(2))
+            tgt = layer(
+                tgt,
+                query_pos,
+                refs,
+                memory,
+                spatial_shapes,
+                level_start_index,
+                valid_ratios,
+                memory_padding_mask,
+            )
+            deltas = torch.stack([mlp(tgt) for mlp in self.refine[i]], 1).view(b, t, n, k, 2)
+            poses = (inverse_sigmoid(refs) + deltas).sigmoid()
+            outputs.append(
+                {
+                    "poses": poses,
+                    "logits": self.class_heads[i](tgt).squeeze(-1),
+                    "sigmas": self.sigma_heads[i](tgt).sigmoid().view(b, n, k, 2),
+                    "queries": tgt,
+                }
+            )
+            # Each layer learns a residual on a fixed reference (no gradient through it).
+            refs = poses.detach()
+            if self.neighbour_reference_grad and t > 1:
+                refs = torch.cat(
+                    (
+                        poses[:, :key_index],
+                        refs[:, key_index : key_index + 1],
+                        poses[:, key_index + 1 :],
+                    ),
+                    1,
+                )
+        return outputs
