@@ -3,6 +3,7 @@
 import importlib.util
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -363,23 +364,43 @@ def quick_cfg(synthetic_root, output_dir, extra=None):
     return cfg
 
 
-def test_quick_config_trains_checkpoints_and_resumes(synthetic_root, tmp_path):
-    extra = {"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 2, "DATASETS.TEST": "()"}
-    cfg = quick_cfg(synthetic_root, tmp_path, extra)
-    trainer = VPoseTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    before = flat_weights(trainer.model)
-    trainer.train()
-    after = flat_weights(trainer.model)
-    assert not torch.equal(before, after) and torch.isfinite(after).all()
-    losses = json.loads((tmp_path / "metrics.json").read_text().splitlines()[0])
-    assert losses["iteration"] == 1 and losses["total_loss"] > 0
+def test_quick_config_trains_checkpoints_and_resumes_exactly(synthetic_root, tmp_path):
+    """The real model: 3 iterations with a checkpoint after the 2nd; a fresh trainer resumes
+    there with the saved weights, and its last iteration ends where the uninterrupted run did.
 
-    resumed = VPoseTrainer(cfg.clone())
+    Both see the same batch every iteration: Detectron2 does not checkpoint the loader's
+    position (a resumed run draws a new shuffle), so only then are the runs comparable.
+    """
+    batch = []
+
+    class FixedBatchTrainer(VPoseTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            if not batch:
+                batch.append(next(iter(super().build_train_loader(cfg))))
+            return itertools.repeat(batch[0])
+
+    extra = {"SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 2, "DATASETS.TEST": "()"}
+    cfg = quick_cfg(synthetic_root, tmp_path, extra)
+    full = FixedBatchTrainer(cfg)
+    full.resume_or_load(resume=False)
+    before = flat_weights(full.model)
+    full.train()
+    after = flat_weights(full.model)
+    assert not torch.equal(before, after) and torch.isfinite(after).all()
+    metrics = json.loads((tmp_path / "metrics.json").read_text().splitlines()[-1])
+    assert metrics["iteration"] == 2 and math.isfinite(metrics["total_loss"])
+    saved = torch.load(tmp_path / "model_0000001.pth", weights_only=False)
+
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    resumed = FixedBatchTrainer(cfg.clone())
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, saved["model"][name]), name
+    assert len(resumed.optimizer.state) == len(full.optimizer.state) > 0
+    resumed.train()
     assert torch.equal(flat_weights(resumed.model), after)
-    assert len(resumed.optimizer.state) == len(trainer.optimizer.state) > 0
 
 
 def _two_process_main(synthetic_root: str, output_dir: str) -> None:
