@@ -1,6 +1,7 @@
 """PoseTrack evaluation: the official protocol (mAP, MOTA) + CLI, the prediction writer, the
 Detectron2 evaluator, and COCO OKS AP."""
 
+from .coco_evaluator import COCOKeypointEvaluator
 from .coco_oks import OKS_KEYS, coco_oks_ap
 from .evaluator import PoseTrackEvaluator
 from .posetrack import (
@@ -14,6 +15,7 @@ from .posetrack import (
 from .writer import write_posetrack_predictions
 
 __all__ = [
+    "COCOKeypointEvaluator",
     "COLUMNS",
     "JOINT_NAMES",
     "OKS_KEYS",
