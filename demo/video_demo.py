@@ -17,8 +17,9 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -470,7 +471,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     sink = VideoSink(output_dir, source.name, source.fps)
 
-    frames: List[np.ndarray] = []  # only until drawn: the predictor lags by the window
+    frames: Deque[np.ndarray] = deque()  # only until drawn: the predictor lags by the window
     predictions: List[Tuple[int, Instances]] = []
     start = time.perf_counter()
 
@@ -483,7 +484,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     try:
         for frame_index, instances in predictor(remember(source)):
             # Results come in frame order, so the oldest frame held is this one.
-            frame = frames.pop(0)
+            frame = frames.popleft()
             sink.write(
                 draw_poses(
                     frame,
@@ -496,6 +497,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             )
             predictions.append((frame_index, instances))
             progress.update(1)
+    except KeyboardInterrupt:  # how a --webcam run ends: keep what was done
+        logger.info("Interrupted after %d frames; writing them.", len(predictions))
     except InputError:
         raise
     except ValueError as e:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.build import build_clip_test_loader, build_clip_train_loader
-from ..evaluation import PoseTrackEvaluator
+from ..evaluation import COCOKeypointEvaluator, PoseTrackEvaluator
 from .optim import build_vpose_optimizer
 
 __all__ = [
@@ -231,12 +231,7 @@ class VPoseTrainer(DefaultTrainer):
                 coco_oks_ap=cfg.TEST.COCO_OKS_AP,
             )
         if evaluator_type == "coco_keypoints":
-            # Detectron2's COCOEvaluator does not fit: clips carry no "image_id" and the
-            # records are one-frame videos. DefaultTrainer.test() logs this and skips the set.
-            raise NotImplementedError(
-                f"Dataset '{dataset_name}' (coco_keypoints): no clip-level COCO OKS evaluator "
-                "in vpose_d2.evaluation yet; evaluate on a PoseTrack-format set instead."
-            )
+            return COCOKeypointEvaluator(dataset_name)
         raise NotImplementedError(
             f"No evaluator for dataset '{dataset_name}' (metadata evaluator_type="
             f"{evaluator_type!r}; expected 'posetrack' or 'coco_keypoints')."
