@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "OFFICIAL17_NAMES",
+    "POSETRACK17_JOINT_IDS",
     "KeypointLayout",
     "POSETRACK",
     "COCO",
@@ -157,6 +159,31 @@ COCO = KeypointLayout(
 # The official PoseTrack 2018/21 files keep 17 COCO-ordered slots whose ears (3, 4) are
 # always (0, 0, 0); the 15 PoseTrack joints are the other slots in order.
 _KEEP_17_TO_15 = (0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+
+
+# The 17 slots of an official PoseTrack 2018/21 file: COCO order, the ears always (0, 0, 0).
+OFFICIAL17_NAMES: Tuple[str, ...] = (
+    POSETRACK.names[:3] + ("left_ear", "right_ear") + (POSETRACK.names[3:])
+)
+
+# PoseTrack 2017 files (and poseval) number the joints differently: id -> joint name.
+POSETRACK17_JOINT_IDS: Dict[int, str] = {
+    0: "right_ankle",
+    1: "right_knee",
+    2: "right_hip",
+    3: "left_hip",
+    4: "left_knee",
+    5: "left_ankle",
+    6: "right_wrist",
+    7: "right_elbow",
+    8: "right_shoulder",
+    9: "left_shoulder",
+    10: "left_elbow",
+    11: "left_wrist",
+    12: "head_bottom",
+    13: "nose",
+    14: "head_top",
+}
 
 
 def _check_joints(kpts: ArrayLike, k: int, fn: str) -> None:

@@ -49,6 +49,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..data.keypoints import OFFICIAL17_NAMES, POSETRACK, POSETRACK17_JOINT_IDS
+
 __all__ = [
     "JOINT_NAMES",
     "COLUMNS",
@@ -64,23 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The 15 PoseTrack joints in vpose_d2's internal order (data.keypoints.POSETRACK).
-JOINT_NAMES: Tuple[str, ...] = (
-    "nose",
-    "head_bottom",
-    "head_top",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
+JOINT_NAMES: Tuple[str, ...] = POSETRACK.names
 NUM_JOINTS = len(JOINT_NAMES)
 _JOINT_INDEX = {n: i for i, n in enumerate(JOINT_NAMES)}
 
@@ -100,32 +86,10 @@ MAX_TRACK_ID = 10000
 DIST_THRESH = 0.5
 
 # The 17 slots of an official 2018/21 file (ears always empty).
-_OFFICIAL17 = (
-    "nose",
-    "head_bottom",
-    "head_top",
-    "left_ear",
-    "right_ear",
-) + JOINT_NAMES[3:]
+_OFFICIAL17 = OFFICIAL17_NAMES
 
 # PoseTrack 2017 / poseval joint ids.
-_PT17_IDS = {
-    0: "right_ankle",
-    1: "right_knee",
-    2: "right_hip",
-    3: "left_hip",
-    4: "left_knee",
-    5: "left_ankle",
-    6: "right_wrist",
-    7: "right_elbow",
-    8: "right_shoulder",
-    9: "left_shoulder",
-    10: "left_elbow",
-    11: "left_wrist",
-    12: "head_bottom",
-    13: "nose",
-    14: "head_top",
-}
+_PT17_IDS = POSETRACK17_JOINT_IDS
 
 
 class PoseTrackEvalError(ValueError):

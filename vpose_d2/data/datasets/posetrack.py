@@ -33,7 +33,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ..keypoints import POSETRACK, layout_metadata, official17_to_posetrack15
+from ..keypoints import OFFICIAL17_NAMES as _OFFICIAL17_NAMES
+from ..keypoints import POSETRACK, POSETRACK17_JOINT_IDS, layout_metadata, official17_to_posetrack15
 
 __all__ = [
     "register_posetrack",
@@ -53,44 +54,10 @@ logger = logging.getLogger(__name__)
 VPOSE_DATASET_NAMES: List[str] = []
 
 # PoseTrack 2017 / poseval joint ids -> index in the 15-joint POSETRACK layout.
-_PT17_ID_TO_NAME = {
-    0: "right_ankle",
-    1: "right_knee",
-    2: "right_hip",
-    3: "left_hip",
-    4: "left_knee",
-    5: "left_ankle",
-    6: "right_wrist",
-    7: "right_elbow",
-    8: "right_shoulder",
-    9: "left_shoulder",
-    10: "left_elbow",
-    11: "left_wrist",
-    12: "head_bottom",
-    13: "nose",
-    14: "head_top",
-}
+_PT17_ID_TO_NAME = POSETRACK17_JOINT_IDS
 _PT17_ID_TO_INDEX = {i: POSETRACK.names.index(n) for i, n in _PT17_ID_TO_NAME.items()}
 
-OFFICIAL17_NAMES = [
-    "nose",
-    "head_bottom",
-    "head_top",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+OFFICIAL17_NAMES = list(_OFFICIAL17_NAMES)
 OFFICIAL_SKELETON = [
     [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
     [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
@@ -401,8 +368,10 @@ def load_posetrack17(
             )
         _check_track_ids(persons, where)
         labeled = _first(entry.get("is_labeled"))
-        labeled = bool(labeled) if labeled is not None else any(
-            np.any(np.asarray(p["keypoints"])[2::3] > 0) for p in persons
+        labeled = (
+            bool(labeled)
+            if labeled is not None
+            else any(np.any(np.asarray(p["keypoints"])[2::3] > 0) for p in persons)
         )
         regions = []
         for ir in entry.get("ignore_regions") or []:
