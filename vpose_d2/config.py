@@ -105,6 +105,10 @@ def _add_model_config(cfg: CN) -> None:
     # Indices of the timm feature maps used as C3-C5.
     cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3]
     cfg.MODEL.TIMM.DROP_PATH_RATE = 0.3
+    # A local ImageNet checkpoint of the plain timm model (e.g. the official Swin-L or
+    # HRNet-W48 weights), loaded by timm itself with its key remapping; "" starts from random
+    # weights. MODEL.WEIGHTS (a Detectron2 checkpoint of the whole model) is loaded after it.
+    cfg.MODEL.TIMM.PRETRAINED_FILE = ""
     # Freeze the first N stages of the timm model (0 freezes nothing).
     cfg.MODEL.TIMM.FREEZE_AT = 0
     # Inputs are padded to a multiple of this (Swin-L at window 12 likes 32 * 12 = 384;

@@ -1,6 +1,7 @@
 """timm feature extractors (Swin-L, HRNet-W48, ...) as pose backbones."""
 
 import logging
+import os
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -31,6 +32,7 @@ class TimmBackbone(Backbone):
         size_divisibility: int = 32,
         feature_location: Optional[str] = None,
         model_kwargs: Optional[Dict] = None,
+        pretrained_file: Optional[str] = None,
     ):
         """
         Args:
@@ -44,11 +46,22 @@ class TimmBackbone(Backbone):
                 None leaves timm's default (models without the option need None).
             model_kwargs: extra ``timm.create_model`` arguments (e.g. a smaller
                 ``embed_dim`` / ``depths`` in tests).
+            pretrained_file: a local timm / ImageNet checkpoint (.pth, .bin, .safetensors)
+                for the plain timm model. timm loads it itself, before wrapping the model
+                for features, so its key remapping (e.g. Swin's ``layers.0`` ->
+                ``layers_0``) and head filtering apply; Detectron2's name matching cannot do
+                that. Nothing is downloaded.
         """
         super().__init__()
         import timm
 
         kwargs = {"pretrained": False, "features_only": True, "out_indices": tuple(out_indices)}
+        if pretrained_file:
+            if not os.path.isfile(pretrained_file):
+                raise FileNotFoundError(
+                    f"MODEL.TIMM.PRETRAINED_FILE: no checkpoint at {pretrained_file!r}"
+                )
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": pretrained_file})
         if "swin" in name:
             # Swin in timm fixes the input size unless told otherwise.
             kwargs.update(strict_img_size=False, dynamic_img_size=True)
@@ -122,6 +135,7 @@ def build_timm_pose_backbone(cfg, input_shape: ShapeSpec) -> MultiScalePoseBackb
         size_divisibility=t.SIZE_DIVISIBILITY,
         # Only HRNet-style models take feature_location.
         feature_location=t.FEATURE_LOCATION if t.NAME.startswith("hrnet") else None,
+        pretrained_file=t.PRETRAINED_FILE or None,
     )
     return MultiScalePoseBackbone(
         bottom_up=bottom_up,
