@@ -6,9 +6,8 @@ import os
 import warnings
 from os import path
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = path.dirname(path.abspath(__file__))
