@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from vpose_d2 import _ops
 
-__all__ = ["IMPLS", "ms_deform_attn", "ms_deform_attn_reference", "MSDeformAttn"]
+__all__ = [
+    "IMPLS",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+    "MSDeformAttn",
+    "ring_sampling_offsets",
+]
 
 #: Accepted values of ``impl``.
 IMPLS = ("auto", "compiled", "reference")
@@ -202,6 +208,20 @@ def ms_deform_attn(
     )
 
 
+def ring_sampling_offsets(num_heads: int, num_levels: int, num_points: int) -> Tensor:
+    """Deformable DETR's initial sampling offsets, (M, L, P, 2).
+
+    Head m looks in direction 2*pi*m/M (scaled so the larger component is 1), point p at
+    distance p+1, the same on every level: with zero offset weights the heads start looking
+    around the reference in different directions instead of all at its centre.
+    """
+    thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+    grid = grid / grid.abs().max(-1, keepdim=True)[0]
+    grid = grid.view(num_heads, 1, 1, 2).repeat(1, num_levels, num_points, 1)
+    return grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention module (Deformable DETR, Zhu et al. 2021).
 
@@ -255,13 +275,7 @@ class MSDeformAttn(nn.Module):
         pattern uniformly, which trains stably.
         """
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (
-            2.0 * math.pi / self.num_heads
-        )
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
-        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        grid = ring_sampling_offsets(self.num_heads, self.num_levels, self.num_points)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.reshape(-1))
         nn.init.constant_(self.attention_weights.weight, 0.0)

@@ -9,13 +9,12 @@ weighs frames against each other (PAVE-Net's joint temporal weighting). With ``T
 this is the image model's attention.
 """
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from vpose_d2.layers.ms_deform_attn import ms_deform_attn
+from vpose_d2.layers.ms_deform_attn import ms_deform_attn, ring_sampling_offsets
 
 from .utils import pose_half_size
 
@@ -220,11 +219,9 @@ class PointDeformableAttention(_FrameDeformableAttentionBase):
         )
         # Start the P points of each head on a ray in the head's own direction (Deformable
         # DETR's init), so the heads look around the joint instead of all at its centre.
-        thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]
-        grid = grid.view(1, num_heads, 1, 1, 2).repeat(num_frames, 1, num_levels, num_points, 1)
-        grid = grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, 1, -1, 1)
+        # The same ring for every frame: offsets are laid out (T, M, L, P, 2).
+        grid = ring_sampling_offsets(num_heads, num_levels, num_points)
+        grid = grid.unsqueeze(0).repeat(num_frames, 1, 1, 1, 1)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
 
