@@ -19,8 +19,7 @@ def _run(code: str) -> str:
 
 
 def test_missing_ops_get_a_placeholder_that_explains():
-    out = _run(
-        """
+    out = _run("""
         import importlib.util, sys
         real = importlib.util.find_spec("detectron2._C") is not None
         import vpose_d2
@@ -39,14 +38,12 @@ def test_missing_ops_get_a_placeholder_that_explains():
                 print("PLACEHOLDER")
             else:
                 raise AssertionError("a missing op did not raise")
-        """
-    )
+        """)
     assert out.strip() in {"REAL", "PLACEHOLDER"}
 
 
 def test_real_compiled_ops_are_left_untouched():
-    out = _run(
-        """
+    out = _run("""
         import sys, types
         import detectron2
         real = types.ModuleType("detectron2._C")
@@ -57,28 +54,24 @@ def test_real_compiled_ops_are_left_untouched():
         assert sys.modules["detectron2._C"] is real
         assert vpose_d2.compat.detectron2_has_compiled_ops()
         print(_C.deform_conv_forward())
-        """
-    )
+        """)
     assert out.strip() == "real op"
 
 
 def test_environment_report_prints_with_the_placeholder():
-    out = _run(
-        """
+    out = _run("""
         import vpose_d2
         from detectron2.utils.collect_env import collect_env_info
         info = collect_env_info()
         assert "detectron2" in info
         print("OK")
-        """
-    )
+        """)
     assert out.strip().endswith("OK")
 
 
 @pytest.mark.parametrize("had_linear", [False, True])
 def test_pillow_linear_alias(had_linear: bool):
-    out = _run(
-        f"""
+    out = _run(f"""
         from PIL import Image
         sentinel = object()
         if {had_linear}:
@@ -92,6 +85,5 @@ def test_pillow_linear_alias(had_linear: bool):
         else:
             assert Image.LINEAR == Image.BILINEAR
         print("OK")
-        """
-    )
+        """)
     assert out.strip() == "OK"
