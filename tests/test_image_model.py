@@ -150,6 +150,15 @@ def test_bad_inputs_are_named(tiny_model):
         model([wrong_k])
 
 
+def test_zero_decoder_layers_are_refused_with_the_alternative():
+    # The image model's poses are the last pose-decoder layer's; without layers it has
+    # none (PAVENet's USE_STPD=False is the model that regresses from the proposals).
+    cfg = _tiny_cfg()
+    cfg.MODEL.VPOSE.DEC_LAYERS = 0
+    with pytest.raises(ValueError, match="USE_STPD"):
+        build_model(cfg)
+
+
 def test_num_keypoints_from_metadata():
     cfg = _tiny_cfg()
     cfg.MODEL.VPOSE.NUM_KEYPOINTS = 0

@@ -201,3 +201,41 @@ def test_criterion_without_persons_gives_zero_regression():
     losses = crit(outputs, targets)
     assert losses["loss_rle_dec1"].item() == 0.0
     assert losses["loss_class_dec1"].item() > 0  # all queries are negatives
+
+
+@pytest.mark.parametrize("joint_layers", [None, [], "keep"], ids=["absent", "zero", "one"])
+def test_criterion_without_pose_layers(joint_layers):
+    """A pose decoder without layers: the proposals are the last stage; the terms that do not
+    read the pose layers are those of the full outputs."""
+    crit = PoseSetCriterion(matcher=HungarianPoseMatcher(), oks_sigmas=[0.08] * 5)
+    outputs, targets = _outputs()
+    full = crit(outputs, targets)
+    outputs["pose_layers"] = []
+    if joint_layers is None:
+        del outputs["joint_layers"], outputs["joint_targets"]
+    elif joint_layers == []:
+        outputs["joint_layers"] = []
+    losses = crit(outputs, targets)
+    expected = {"loss_class_enc", "loss_rle_enc"}
+    if joint_layers == "keep":
+        expected.add("loss_rle_joint0")
+    assert set(losses) == expected
+    for name, value in losses.items():
+        torch.testing.assert_close(value, full[name])
+    sum(losses.values()).backward()
+    assert outputs["proposals"]["poses"].grad.abs().sum() > 0
+    # Precomputed matching on the proposals is used as given.
+    prop = outputs["proposals"]
+    prop["indices"] = [
+        (torch.tensor([5]), torch.tensor([0])),
+        (torch.tensor([4]), torch.tensor([0])),
+    ]
+    again = crit(outputs, targets)
+    assert again["loss_rle_enc"].item() != pytest.approx(losses["loss_rle_enc"].item())
+
+
+def test_criterion_without_any_stage_names_the_problem():
+    crit = PoseSetCriterion(matcher=HungarianPoseMatcher(), oks_sigmas=[0.08] * 5)
+    _, targets = _outputs()
+    with pytest.raises(ValueError, match="no proposals"):
+        crit({"proposals": None, "pose_layers": []}, targets)

@@ -137,16 +137,16 @@ def _clip(t: int, key: int, seed: int, h: int = H, w: int = W) -> Dict:
 
 @contextmanager
 def _record_attention_weights(store: List):
-    """Wrap the op the frame attentions call; record (spatial_shapes, attention_weights)."""
-    original = frame_attention.ms_deform_attn
+    """Wrap the frame attentions' call of the op (not the encoder's); record
+    (spatial_shapes, attention_weights)."""
+    base = frame_attention._FrameDeformableAttentionBase
+    original = base.attend
 
-    def spy(value, spatial_shapes, level_start_index, locations, weights, *args, **kwargs):
+    def spy(self, value, spatial_shapes, level_start_index, locations, weights):
         store.append((spatial_shapes.clone(), weights.detach().clone()))
-        return original(
-            value, spatial_shapes, level_start_index, locations, weights, *args, **kwargs
-        )
+        return original(self, value, spatial_shapes, level_start_index, locations, weights)
 
-    with mock.patch.object(frame_attention, "ms_deform_attn", spy):
+    with mock.patch.object(base, "attend", spy):
         yield
 
 
@@ -338,6 +338,32 @@ def test_ablation_switches_build_and_run(switches, present, absent):
         out = model([_clip(3, 1, 2)])
     assert out[0]["instances"].pred_keypoints.shape == (4, K, 3)
     assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
+
+
+def test_zero_decoder_layers_is_the_ablation_without_the_decoder():
+    """MODEL.VPOSE.DEC_LAYERS=0 builds no pose decoder and trains one step, exactly as
+    MODEL.PAVE.USE_STPD=False (the criterion takes the proposals as the last stage)."""
+    cfg = _cfg((-1, 1))
+    cfg.MODEL.VPOSE.DEC_LAYERS = 0
+    model = _perturb(_build(cfg)).train()
+    ablation = _perturb(_build(_cfg((-1, 1), USE_STPD=False))).train()
+    assert model.pose_decoder is None and model.joint_decoder is not None
+    model.load_state_dict(ablation.state_dict(), strict=True)
+    inputs = [_clip(3, 1, 0), _clip(3, 1, 1)]
+    losses = model(inputs)
+    assert {"loss_class_enc", "loss_rle_enc", "loss_rle_joint1"} <= set(losses)
+    assert not any("dec" in name for name in losses)
+    expected = ablation(inputs)
+    assert set(losses) == set(expected)
+    for name in losses:
+        torch.testing.assert_close(losses[name], expected[name])
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.isfinite(p).all() for p in params)
 
 
 def test_bad_inputs_name_the_problem():

@@ -6,7 +6,8 @@ Three layers of API:
   oracle of the tests.
 * :func:`ms_deform_attn`: checks its inputs, then runs the compiled kernel of
   ``vpose_d2._C`` (``torch.ops.vpose_d2.ms_deform_attn_forward``) or the reference.
-* :class:`MSDeformAttn`: the attention module (value / offset / weight / output projections).
+* :class:`MSDeformAttn`: the attention module (value / offset / weight / output projections),
+  on :class:`DeformableAttentionBase`, which the frame attentions of the video models share.
 
 Semantics: for each batch b, query q and head m,
 ``out[b, q, m*D:(m+1)*D] = sum_{l,p} attention_weights[b,q,m,l,p] *
@@ -32,6 +33,7 @@ __all__ = [
     "IMPLS",
     "ms_deform_attn",
     "ms_deform_attn_reference",
+    "DeformableAttentionBase",
     "MSDeformAttn",
     "ring_sampling_offsets",
 ]
@@ -222,7 +224,82 @@ def ring_sampling_offsets(num_heads: int, num_levels: int, num_points: int) -> T
     return grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
 
 
-class MSDeformAttn(nn.Module):
+class DeformableAttentionBase(nn.Module):
+    """The projections of a deformable attention and the step from sampling locations and
+    weights to its output; subclasses initialize the projections and turn queries and their
+    references into locations and weights.
+
+    ``sampling_offsets`` (C -> M * N * 2) and ``attention_weights`` (C -> M * N) read the
+    query, for N samples per head; ``value_proj`` and ``output_proj`` are C -> C.
+    """
+
+    def __init__(self, *, embed_dim: int, num_heads: int, num_samples: int, impl: str):
+        """
+        Args:
+            embed_dim: channels C of queries and values; divisible by ``num_heads``.
+            num_heads: attention heads M.
+            num_samples: samples N per query and head, all levels (and frames) together.
+            impl: kernel choice passed to :func:`ms_deform_attn`.
+        """
+        super().__init__()
+        name = type(self).__name__
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"{name}: embed_dim={embed_dim} is not divisible by num_heads={num_heads}"
+            )
+        if impl not in IMPLS:
+            raise ValueError(f"{name}: `impl` must be one of {IMPLS}, got {impl!r}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.impl = impl
+        # The trainer gives `sampling_offsets` an lr multiplier by this name.
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_samples * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_samples)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+
+    def project_value(self, value: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """(B, S, C) values -> (B, S, M, C / M) per-head projections, zero where
+        ``padding_mask`` (B, S) is True."""
+        b, s, _ = value.shape
+        v = self.value_proj(value)
+        if padding_mask is not None:
+            if tuple(padding_mask.shape) != (b, s):
+                raise ValueError(
+                    f"{type(self).__name__}: the padding mask must be (B={b}, S={s}), got "
+                    f"{tuple(padding_mask.shape)}"
+                )
+            v = v.masked_fill(padding_mask[..., None], 0.0)
+        return v.view(b, s, self.num_heads, self.embed_dim // self.num_heads)
+
+    def attend(
+        self,
+        value: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+    ) -> Tensor:
+        """:func:`ms_deform_attn` on :meth:`project_value`'s (B, S, M, D), then the output
+        projection: (B, Q, C)."""
+        # Under autocast the projections give float16 while the softmax and reference points
+        # stay float32: run the op in the widest of them (locations lose sub-pixel precision
+        # in float16 on large maps).
+        dtype = torch.promote_types(
+            torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+        )
+        out = ms_deform_attn(
+            value.to(dtype),
+            spatial_shapes,
+            level_start_index,
+            sampling_locations.to(dtype),
+            attention_weights.to(dtype),
+            impl=self.impl,
+        )
+        return self.output_proj(out.to(value.dtype))
+
+
+class MSDeformAttn(DeformableAttentionBase):
     """Multi-scale deformable attention module (Deformable DETR, Zhu et al. 2021).
 
     Each query predicts, per head, level and point, a sampling offset around its reference
@@ -247,23 +324,14 @@ class MSDeformAttn(nn.Module):
             num_points: sampling points P per head and level.
             impl: kernel choice passed to :func:`ms_deform_attn`.
         """
-        super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"MSDeformAttn: embed_dim={embed_dim} is not divisible by num_heads={num_heads}"
-            )
-        if impl not in IMPLS:
-            raise ValueError(f"MSDeformAttn: `impl` must be one of {IMPLS}, got {impl!r}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
+        super().__init__(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_samples=num_levels * num_points,
+            impl=impl,
+        )
         self.num_levels = num_levels
         self.num_points = num_points
-        self.impl = impl
-        # The trainer gives `sampling_offsets` an lr multiplier by this name.
-        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -309,7 +377,6 @@ class MSDeformAttn(nn.Module):
             (B, Q, C) attended features.
         """
         B, Q, C = query.shape
-        S = value.shape[1]
         M, L, P = self.num_heads, self.num_levels, self.num_points
         if value.dim() != 3 or value.shape[0] != B or value.shape[2] != C:
             raise ValueError(
@@ -326,15 +393,7 @@ class MSDeformAttn(nn.Module):
                 f"{tuple(reference_points.shape)}"
             )
 
-        v = self.value_proj(value)
-        if value_padding_mask is not None:
-            if tuple(value_padding_mask.shape) != (B, S):
-                raise ValueError(
-                    f"MSDeformAttn: `value_padding_mask` must be (B={B}, S={S}), got "
-                    f"{tuple(value_padding_mask.shape)}"
-                )
-            v = v.masked_fill(value_padding_mask[..., None], 0.0)
-        v = v.view(B, S, M, C // M)
+        v = self.project_value(value, value_padding_mask)
 
         offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
         weights = self.attention_weights(query).view(B, Q, M, L * P)
@@ -356,17 +415,4 @@ class MSDeformAttn(nn.Module):
                 "MSDeformAttn: `reference_points` last dim must be 2 (points) or 4 (boxes), got "
                 f"{reference_points.shape[-1]}"
             )
-
-        # Under autocast the projections give float16 while the softmax and reference points
-        # stay float32: run the op in the widest of them (locations lose sub-pixel precision
-        # in float16 on large maps).
-        dtype = torch.promote_types(torch.promote_types(v.dtype, locations.dtype), weights.dtype)
-        out = ms_deform_attn(
-            v.to(dtype),
-            spatial_shapes,
-            level_start_index,
-            locations.to(dtype),
-            weights.to(dtype),
-            impl=self.impl,
-        )
-        return self.output_proj(out.to(v.dtype))
+        return self.attend(v, spatial_shapes, level_start_index, locations, weights)

@@ -27,6 +27,11 @@ class PoseSetCriterion(nn.Module):
          "joint_layers": [{"joints": (B, P, K, 2), "sigmas": (B, P, K, 2)}, ...],
          "joint_targets": B pairs (slot indices into P, target indices)}
 
+    ``pose_layers`` may be empty (a pose decoder without layers, or PAVE-Net's ablation
+    without it): the proposals, matched over their ``valid`` tokens, are then the last stage;
+    like a pose layer they may carry precomputed ``indices``. ``joint_layers`` may be empty or
+    absent.
+
     ``targets`` are the matcher's dicts. Every loss is summed over persons and divided by
     the number of persons in the whole (distributed) batch, as DETR does, then weighted.
     """
@@ -170,10 +175,21 @@ class PoseSetCriterion(nn.Module):
         self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
     ) -> Dict[str, torch.Tensor]:
         """Returns a dict of weighted scalar losses (``loss_<term>_<stage>``)."""
-        device = outputs["pose_layers"][-1]["logits"].device
+        device = self._device(outputs)
         # The flow's log-density and the focal terms need float32 even under AMP.
         with torch.autocast(device_type=device.type, enabled=False):
             return self._losses(outputs, targets, device)
+
+    @staticmethod
+    def _device(outputs: Dict) -> torch.device:
+        """The device of the outputs, from whichever stage is present."""
+        stages = [outputs.get("proposals")]
+        stages += list(outputs.get("pose_layers") or []) + list(outputs.get("joint_layers") or [])
+        for stage in stages:
+            for value in (stage or {}).values():
+                if isinstance(value, torch.Tensor):
+                    return value.device
+        raise ValueError("PoseSetCriterion: the outputs hold no proposals, pose or joint layers")
 
     def _losses(
         self, outputs: Dict, targets: List[Dict[str, torch.Tensor]], device: torch.device
@@ -192,8 +208,9 @@ class PoseSetCriterion(nn.Module):
 
         if outputs.get("proposals") is not None:
             prop = outputs["proposals"]
-            add("enc", prop, self.match(prop, targets, prop.get("valid")), prop.get("valid"))
-        for i, stage in enumerate(outputs["pose_layers"]):
+            indices = prop.get("indices") or self.match(prop, targets, prop.get("valid"))
+            add("enc", prop, indices, prop.get("valid"))
+        for i, stage in enumerate(outputs.get("pose_layers") or []):
             indices = stage.get("indices") or self.match(stage, targets)
             add(f"dec{i}", stage, indices)
         for i, stage in enumerate(outputs.get("joint_layers") or []):

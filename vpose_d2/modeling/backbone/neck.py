@@ -3,7 +3,6 @@
 from typing import Dict, List
 
 import torch
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from torch import nn
 
@@ -62,6 +61,7 @@ class MultiScalePoseBackbone(Backbone):
         strides = [shapes[f].stride for f in in_features]
         strides += [strides[-1] * 2 ** (i + 1) for i in range(len(extra))]
         first = strides[0].bit_length() - 1
+        # Detectron2's Backbone.output_shape reads the three _out_* attributes.
         self._out_features = [f"p{first + i}" for i in range(num_levels)]
         self._out_feature_strides = dict(zip(self._out_features, strides))
         self._out_feature_channels = {f: out_channels for f in self._out_features}
@@ -70,14 +70,6 @@ class MultiScalePoseBackbone(Backbone):
     @property
     def size_divisibility(self) -> int:
         return self._size_divisibility
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            f: ShapeSpec(
-                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
-            )
-            for f in self._out_features
-        }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

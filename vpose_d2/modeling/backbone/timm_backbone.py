@@ -80,6 +80,7 @@ class TimmBackbone(Backbone):
             self.model = timm.create_model(name, **kwargs)
         info = self.model.feature_info
         channels, reductions = info.channels(), info.reduction()
+        # Detectron2's Backbone.output_shape reads the three _out_* attributes.
         self._out_features = [f"c{i}" for i in range(len(channels))]
         self._out_feature_channels = dict(zip(self._out_features, channels))
         self._out_feature_strides = dict(zip(self._out_features, reductions))
@@ -102,14 +103,6 @@ class TimmBackbone(Backbone):
     @property
     def size_divisibility(self) -> int:
         return self._size_divisibility
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            f: ShapeSpec(
-                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
-            )
-            for f in self._out_features
-        }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, 3, H, W) -> {"c0": (B, C0, H/s0, W/s0), ...} in NCHW."""

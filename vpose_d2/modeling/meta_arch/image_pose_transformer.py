@@ -4,7 +4,8 @@ backbone -> L maps -> deformable encoder -> pose proposals (top N) -> pose decod
 attention) -> joint decoder (top persons) -> poses in original pixels. No NMS.
 
 It runs on the key frame of a clip. The video models reuse its pieces: :meth:`preprocess`,
-:meth:`encode`, :meth:`prepare_targets`, :meth:`select_joint_persons`, :meth:`postprocess`.
+:meth:`_embed`, :meth:`encode`, :meth:`prepare_targets`, :meth:`losses`,
+:meth:`select_joint_persons`, :meth:`run_joint_decoder`, :meth:`postprocess`.
 """
 
 import logging
@@ -29,6 +30,7 @@ from ..transformer import (
     PoseDecoder,
     PoseProposalHead,
     flatten_levels,
+    next_references,
 )
 
 __all__ = ["ImagePoseTransformer", "resolve_keypoint_meta"]
@@ -89,6 +91,9 @@ class ImagePoseTransformer(nn.Module):
     ``key_index``, or (3, H, W); ``instances`` one Instances per frame or a single one.
     """
 
+    # Name of the logged highest person score of a training batch.
+    _max_score_scalar = "max_score"
+
     @configurable
     def __init__(
         self,
@@ -123,6 +128,11 @@ class ImagePoseTransformer(nn.Module):
             sigma_scores: joint scores from the RLE sigmas (else the pose score).
         """
         super().__init__()
+        if pose_decoder is not None and len(pose_decoder.layers) == 0:
+            raise ValueError(
+                "the pose decoder has no layers (MODEL.VPOSE.DEC_LAYERS=0), but its last layer "
+                "gives the poses; the model without it is PAVENet with MODEL.PAVE.USE_STPD=False"
+            )
         self.backbone = backbone
         self.encoder = encoder
         self.proposal_head = proposal_head
@@ -286,6 +296,33 @@ class ImagePoseTransformer(nn.Module):
         return targets
 
     # ------------------------------------------------------------------ network
+    def _embed(self, images: torch.Tensor, masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Backbone, position and level embeddings of single frames, flattened over levels.
+
+        Args:
+            images: (N, 3, Hp, Wp) normalized frames; masks: (N, Hp, Wp) bool, True at padding.
+
+        Returns:
+            ``src`` (N, S, C), ``pos`` (N, S, C), ``padding_mask`` (N, S), ``spatial_shapes``
+            (L, 2), ``level_start_index`` (L,), ``valid_ratios`` (N, L, 2).
+        """
+        feats = list(self.backbone(images).values())
+        level_masks, pos = [], []
+        for lvl, f in enumerate(feats):
+            m = F.interpolate(masks[None].float(), size=f.shape[-2:])[0].to(torch.bool)
+            level_masks.append(m)
+            p = self.position_embedding(m).to(f.dtype)
+            pos.append(p + self.level_embed[lvl].view(1, -1, 1, 1).to(f.dtype))
+        src, mask, pos_flat, shapes, starts, ratios = flatten_levels(feats, level_masks, pos)
+        return {
+            "src": src,
+            "pos": pos_flat,
+            "padding_mask": mask,
+            "spatial_shapes": shapes,
+            "level_start_index": starts,
+            "valid_ratios": ratios,
+        }
+
     def encode(self, images: torch.Tensor, masks: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Backbone + encoder on a batch of single frames.
 
@@ -297,22 +334,17 @@ class ImagePoseTransformer(nn.Module):
             ``memory`` (B, S, C), ``padding_mask`` (B, S), ``spatial_shapes`` (L, 2),
             ``level_start_index`` (L,), ``valid_ratios`` (B, L, 2).
         """
-        feats = list(self.backbone(images).values())
-        level_masks, pos = [], []
-        for lvl, f in enumerate(feats):
-            m = F.interpolate(masks[None].float(), size=f.shape[-2:])[0].to(torch.bool)
-            level_masks.append(m)
-            p = self.position_embedding(m).to(f.dtype)
-            pos.append(p + self.level_embed[lvl].view(1, -1, 1, 1).to(f.dtype))
-        src, mask, pos_flat, shapes, starts, ratios = flatten_levels(feats, level_masks, pos)
-        memory = self.encoder(src, pos_flat, shapes, starts, ratios, mask)
-        return {
-            "memory": memory,
-            "padding_mask": mask,
-            "spatial_shapes": shapes,
-            "level_start_index": starts,
-            "valid_ratios": ratios,
-        }
+        emb = self._embed(images, masks)
+        src, pos = emb.pop("src"), emb.pop("pos")
+        memory = self.encoder(
+            src,
+            pos,
+            emb["spatial_shapes"],
+            emb["level_start_index"],
+            emb["valid_ratios"],
+            emb["padding_mask"],
+        )
+        return {"memory": memory, **emb}
 
     @staticmethod
     def select_joint_persons(
@@ -336,12 +368,17 @@ class ImagePoseTransformer(nn.Module):
         self, poses: torch.Tensor, slots: torch.Tensor, enc: Dict[str, torch.Tensor], key: int
     ) -> List[Dict[str, torch.Tensor]]:
         """Joint decoder on persons ``slots`` (B, P) of the pose decoder's ``poses``
-        (B, T, N, K, 2); returns its per-layer outputs."""
+        (B, T, N, K, 2); returns its per-layer outputs.
+
+        The poses are detached as between decoder layers; with the joint decoder's
+        ``neighbour_reference_grad`` (PAVE-Net) the neighbour frames' are not, so the last
+        pose-decoder layer's neighbour refinements learn through its sampling locations.
+        """
         b, t, _, k, _ = poses.shape
+        poses = next_references(poses, key, self.joint_decoder.neighbour_reference_grad)
         index = slots[:, None, :, None, None].expand(b, t, -1, k, 2)
-        refs = torch.gather(poses.detach(), 2, index)
         return self.joint_decoder(
-            refs,
+            torch.gather(poses, 2, index),
             enc["memory"],
             enc["spatial_shapes"],
             enc["level_start_index"],
@@ -374,33 +411,72 @@ class ImagePoseTransformer(nn.Module):
             enc["padding_mask"],
             key_index=0,
         )
-        pose_layers = [
-            {"logits": o["logits"], "poses": o["poses"][:, 0], "sigmas": o["sigmas"]} for o in dec
-        ]
         if self.training:
-            targets = self.prepare_targets(batched_inputs, sizes)
+            return self.losses(prop, dec, enc, batched_inputs, sizes, key=0)
+        return self.inference(dec, enc, batched_inputs, sizes)
+
+    def losses(
+        self,
+        prop: Optional[Dict[str, torch.Tensor]],
+        dec: List[Dict[str, torch.Tensor]],
+        memory: Dict[str, torch.Tensor],
+        batched_inputs: List[Dict],
+        image_sizes: List[Tuple[int, int]],
+        key: int,
+    ) -> Dict[str, torch.Tensor]:
+        """Hungarian matching on the key frame; the criterion on the proposals and on every
+        pose- and joint-decoder layer.
+
+        Args:
+            prop: the proposal head's dict, or None (learned references).
+            dec: per pose-decoder layer ``poses`` (B, T, N, K, 2), ``logits`` (B, N),
+                ``sigmas`` (B, N, K, 2). Without a pose decoder (PAVE-Net's ablation) the
+                proposals are the last stage and ``dec`` only gives T.
+            memory: what the joint decoder reads (:meth:`encode`'s dict; for T frames, the
+                T frames' memory as one sequence).
+            batched_inputs: the inputs, with ``instances``.
+            image_sizes: (h, w) of the unpadded inputs.
+            key: key position on the T axis.
+
+        Returns:
+            dict of weighted scalar losses.
+        """
+        targets = self.prepare_targets(batched_inputs, image_sizes)
+        if self.pose_decoder is not None:
+            pose_layers = [
+                {"logits": o["logits"], "poses": o["poses"][:, key], "sigmas": o["sigmas"]}
+                for o in dec
+            ]
             indices = self.criterion.match(pose_layers[-1], targets)
             pose_layers[-1]["indices"] = indices
-            outputs = {"proposals": prop, "pose_layers": pose_layers}
-            if self.joint_decoder is not None:
-                slots, joint_targets = self.select_joint_persons(indices, self.device)
-                joint = self.run_joint_decoder(dec[-1]["poses"], slots, enc, 0)
-                outputs["joint_layers"] = [
-                    {"joints": o["joints"][:, 0], "sigmas": o["sigmas"]} for o in joint
-                ]
-                outputs["joint_targets"] = joint_targets
-            losses = self.criterion(outputs, targets)
-            with torch.no_grad():
-                scores = pose_layers[-1]["logits"].sigmoid()
-                matched = [scores[b, src.to(self.device)] for b, (src, _) in enumerate(indices)]
-                matched = torch.cat(matched) if matched else scores.new_zeros(0)
-                _put_scalars(
-                    num_persons=float(sum(len(t["keypoints"]) for t in targets)),
-                    matched_score=float(matched.mean()) if matched.numel() else 0.0,
-                    max_score=float(scores.max()),
-                )
-            return losses
-        return self.inference(dec, enc, batched_inputs, sizes)
+            source = dec[-1]["poses"]
+            scores = pose_layers[-1]["logits"].detach().sigmoid()
+        else:
+            # Proposals are the last stage: match over all valid key-frame tokens.
+            pose_layers = []
+            indices = self.criterion.match(prop, targets, prop["valid"])
+            prop = dict(prop, indices=indices)
+            b, s, k, _ = prop["poses"].shape
+            source = prop["poses"][:, None].expand(b, dec[0]["poses"].shape[1], s, k, 2)
+            scores = prop["logits"].detach().sigmoid().masked_fill(~prop["valid"], 0.0)
+        outputs = {"proposals": prop, "pose_layers": pose_layers}
+        if self.joint_decoder is not None:
+            slots, joint_targets = self.select_joint_persons(indices, self.device)
+            joint = self.run_joint_decoder(source, slots, memory, key)
+            outputs["joint_layers"] = [
+                {"joints": o["joints"][:, key], "sigmas": o["sigmas"]} for o in joint
+            ]
+            outputs["joint_targets"] = joint_targets
+        losses = self.criterion(outputs, targets)
+        with torch.no_grad():
+            matched = [scores[b, src.to(self.device)] for b, (src, _) in enumerate(indices)]
+            matched = torch.cat(matched) if matched else scores.new_zeros(0)
+            _put_scalars(
+                num_persons=float(sum(len(t["keypoints"]) for t in targets)),
+                matched_score=float(matched.mean()) if matched.numel() else 0.0,
+                **{self._max_score_scalar: float(scores.max())},
+            )
+        return losses
 
     # ------------------------------------------------------------------ outputs
     def inference(

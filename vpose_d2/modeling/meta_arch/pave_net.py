@@ -7,8 +7,9 @@ refinement, one softmax over T*L*K samples) -> spatiotemporal joint decoder (K j
 per person, sampling all T frames) -> key-frame poses in original pixels. No NMS.
 
 A small composition of the image model's parts: :class:`ImagePoseTransformer` supplies
-preprocessing, targets, joint-person selection and post-processing; the decoders are the same
-classes built with ``num_frames = T``. With ``T = 1`` PAVE-Net *is* the image model: the
+preprocessing, the backbone embedding, targets, the losses, joint-person selection, the joint
+decoder's run and post-processing; the decoders are the same classes built with
+``num_frames = T``. With ``T = 1`` PAVE-Net *is* the image model: the
 parameter names and shapes coincide, so one model's ``state_dict`` loads into the other.
 
 Because the spatial encoder sees one frame at a time, its output can be cached:
@@ -33,17 +34,10 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList, Instances
 from torch import nn
-from torch.nn import functional as F
 
 from ..criterion import PoseSetCriterion
-from ..transformer import (
-    DeformableEncoder,
-    JointDecoder,
-    PoseDecoder,
-    PoseProposalHead,
-    flatten_levels,
-)
-from .image_pose_transformer import ImagePoseTransformer, _put_scalars
+from ..transformer import DeformableEncoder, JointDecoder, PoseDecoder, PoseProposalHead
+from .image_pose_transformer import ImagePoseTransformer
 
 __all__ = ["PAVENet", "FrameMemory", "clip_offsets"]
 
@@ -108,6 +102,9 @@ class PAVENet(ImagePoseTransformer):
     in the mapper's order and ``key_index`` at the model's key position; a single image
     ((3, H, W) or T = 1) is treated as a static clip (the frame repeated T times).
     """
+
+    # The diagnostic's name in PAVE-Net's logs (the image model logs it as "max_score").
+    _max_score_scalar = "max_unmatched_score"
 
     @configurable
     def __init__(
@@ -235,12 +232,14 @@ class PAVENet(ImagePoseTransformer):
                 dropout=v.DROPOUT,
                 attn_impl=v.ATTN_IMPL,
             )
+        # A decoder without layers is the ablation without it.
+        use_stpd = p.USE_STPD and v.DEC_LAYERS > 0
         use_stjd = p.USE_STJD and v.JOINT_DEC_LAYERS > 0
         ret.update(
             {
                 "proposal_head": ret["proposal_head"] if p.REFERENCE == "pose_aware" else None,
                 "pose_decoder": (
-                    PoseDecoder(cfg, num_keypoints=k, num_frames=t) if p.USE_STPD else None
+                    PoseDecoder(cfg, num_keypoints=k, num_frames=t) if use_stpd else None
                 ),
                 "joint_decoder": (
                     JointDecoder(cfg, num_keypoints=k, num_frames=t) if use_stjd else None
@@ -256,33 +255,6 @@ class PAVENet(ImagePoseTransformer):
         return ret
 
     # ------------------------------------------------------------------ encoding
-    def _embed(self, images: torch.Tensor, masks: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Backbone, position and level embeddings of single frames, flattened over levels.
-
-        Args:
-            images: (N, 3, Hp, Wp) normalized frames; masks: (N, Hp, Wp) bool, True at padding.
-
-        Returns:
-            ``src`` (N, S, C), ``pos`` (N, S, C), ``padding_mask`` (N, S), ``spatial_shapes``
-            (L, 2), ``level_start_index`` (L,), ``valid_ratios`` (N, L, 2).
-        """
-        feats = list(self.backbone(images).values())
-        level_masks, pos = [], []
-        for lvl, f in enumerate(feats):
-            m = F.interpolate(masks[None].float(), size=f.shape[-2:])[0].to(torch.bool)
-            level_masks.append(m)
-            p = self.position_embedding(m).to(f.dtype)
-            pos.append(p + self.level_embed[lvl].view(1, -1, 1, 1).to(f.dtype))
-        src, mask, pos_flat, shapes, starts, ratios = flatten_levels(feats, level_masks, pos)
-        return {
-            "src": src,
-            "pos": pos_flat,
-            "padding_mask": mask,
-            "spatial_shapes": shapes,
-            "level_start_index": starts,
-            "valid_ratios": ratios,
-        }
-
     def _encode_single_frames(
         self, images: torch.Tensor, masks: torch.Tensor
     ) -> Dict[str, torch.Tensor]:
@@ -293,21 +265,12 @@ class PAVENet(ImagePoseTransformer):
             images: (N, 3, Hp, Wp); masks: (N, Hp, Wp).
 
         Returns:
-            :meth:`_embed`'s dict plus ``memory`` (N, S, C) (None for the spatiotemporal
-            encoder, which needs the whole clip).
+            :meth:`encode`'s dict; for the spatiotemporal encoder, which needs the whole clip,
+            :meth:`_embed`'s dict with ``memory`` None.
         """
-        emb = self._embed(images, masks)
-        emb["memory"] = None
-        if not self.spatiotemporal_encoder:
-            emb["memory"] = self.encoder(
-                emb["src"],
-                emb["pos"],
-                emb["spatial_shapes"],
-                emb["level_start_index"],
-                emb["valid_ratios"],
-                emb["padding_mask"],
-            )
-        return emb
+        if self.spatiotemporal_encoder:
+            return dict(self._embed(images, masks), memory=None)
+        return self.encode(images, masks)
 
     def _spatiotemporal_encode(
         self,
@@ -400,33 +363,6 @@ class PAVENet(ImagePoseTransformer):
         }
 
     # ------------------------------------------------------------------ decoding
-    def run_joint_decoder(
-        self, poses: torch.Tensor, slots: torch.Tensor, enc: Dict[str, torch.Tensor], key: int
-    ) -> List[Dict[str, torch.Tensor]]:
-        """Joint decoder on persons ``slots`` (B, P) of ``poses`` (B, T, N, K, 2).
-
-        As in the image model the key frame's poses are detached; with
-        ``neighbour_reference_grad`` the neighbours' are not, so the last pose-decoder layer's
-        neighbour refinements learn through the joint decoder's sampling locations.
-        """
-        b, t, _, k, _ = poses.shape
-        if self.neighbour_reference_grad and t > 1:
-            poses = torch.cat(
-                (poses[:, :key], poses[:, key : key + 1].detach(), poses[:, key + 1 :]), 1
-            )
-        else:
-            poses = poses.detach()
-        index = slots[:, None, :, None, None].expand(b, t, -1, k, 2)
-        return self.joint_decoder(
-            torch.gather(poses, 2, index),
-            enc["memory"],
-            enc["spatial_shapes"],
-            enc["level_start_index"],
-            enc["valid_ratios"],
-            enc["padding_mask"],
-            key_index=key,
-        )
-
     def decode_clips(self, enc: Dict[str, torch.Tensor], key: int) -> Dict:
         """Proposals on the key frame and the spatiotemporal pose decoder.
 
@@ -485,66 +421,6 @@ class PAVENet(ImagePoseTransformer):
         )
         return {"proposals": prop, "video": video, "dec": dec}
 
-    def losses(self, out: Dict, batched_inputs: List[Dict], sizes, key: int) -> Dict:
-        """Hungarian matching on the key frame; focal + RLE on the proposals and on every
-        pose- and joint-decoder layer (the image model's criterion)."""
-        targets = self.prepare_targets(batched_inputs, sizes)
-        prop, dec, video = out["proposals"], out["dec"], out["video"]
-        if self.pose_decoder is not None:
-            pose_layers = [
-                {"logits": o["logits"], "poses": o["poses"][:, key], "sigmas": o["sigmas"]}
-                for o in dec
-            ]
-            indices = self.criterion.match(pose_layers[-1], targets)
-            pose_layers[-1]["indices"] = indices
-            source = dec[-1]["poses"]
-            scores = pose_layers[-1]["logits"].detach().sigmoid()
-        else:
-            # Proposals are the last stage: match over all valid key-frame tokens.
-            pose_layers = []
-            indices = self.criterion.match(prop, targets, prop["valid"])
-            b, s, k, _ = prop["poses"].shape
-            source = prop["poses"][:, None].expand(b, self.num_frames, s, k, 2)
-            scores = prop["logits"].detach().sigmoid().masked_fill(~prop["valid"], 0.0)
-        outputs = {"proposals": prop, "pose_layers": pose_layers}
-        if self.joint_decoder is not None:
-            slots, joint_targets = self.select_joint_persons(indices, self.device)
-            joint = self.run_joint_decoder(source, slots, video, key)
-            outputs["joint_layers"] = [
-                {"joints": o["joints"][:, key], "sigmas": o["sigmas"]} for o in joint
-            ]
-            outputs["joint_targets"] = joint_targets
-        if pose_layers:
-            losses = self.criterion(outputs, targets)
-        else:
-            losses = self._proposal_and_joint_losses(outputs, indices, targets)
-        with torch.no_grad():
-            matched = [scores[b, src.to(self.device)] for b, (src, _) in enumerate(indices)]
-            matched = torch.cat(matched) if matched else scores.new_zeros(0)
-            _put_scalars(
-                num_persons=float(sum(len(t["keypoints"]) for t in targets)),
-                matched_score=float(matched.mean()) if matched.numel() else 0.0,
-                max_unmatched_score=float(scores.max()),
-            )
-        return losses
-
-    def _proposal_and_joint_losses(
-        self, outputs: Dict, indices, targets: List[Dict[str, torch.Tensor]]
-    ) -> Dict[str, torch.Tensor]:
-        """The criterion's terms when the pose decoder is ablated (its ``forward`` expects
-        pose-decoder layers): proposals as ``enc``, joint layers as ``joint<i>``."""
-        crit, prop = self.criterion, outputs["proposals"]
-        n = crit.num_persons(targets, prop["logits"].device)
-        losses = {"loss_class_enc": crit.loss_class(prop["logits"], indices, n, prop["valid"])}
-        terms = crit.loss_keypoints(prop["poses"], prop["sigmas"], indices, targets, n, "pose")
-        losses.update({f"loss_{name}_enc": v for name, v in terms.items()})
-        for i, stage in enumerate(outputs.get("joint_layers") or []):
-            terms = crit.loss_keypoints(
-                stage["joints"], stage["sigmas"], outputs["joint_targets"], targets, n, "joint"
-            )
-            losses.update({f"loss_{name}_joint{i}": v for name, v in terms.items()})
-        return losses
-
     # ------------------------------------------------------------------ entry points
     def _clip_images(
         self, batched_inputs: List[Dict]
@@ -584,7 +460,9 @@ class PAVENet(ImagePoseTransformer):
         enc = self.encode_clips(images, masks)
         out = self.decode_clips(enc, self.key_index)
         if self.training:
-            return self.losses(out, batched_inputs, sizes, self.key_index)
+            return self.losses(
+                out["proposals"], out["dec"], out["video"], batched_inputs, sizes, self.key_index
+            )
         return self.inference(out["dec"], out["video"], batched_inputs, sizes, self.key_index)
 
     def encode_frames(

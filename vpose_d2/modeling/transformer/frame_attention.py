@@ -14,14 +14,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vpose_d2.layers.ms_deform_attn import ms_deform_attn, ring_sampling_offsets
+from vpose_d2.layers.ms_deform_attn import DeformableAttentionBase, ring_sampling_offsets
 
 from .utils import pose_half_size
 
 __all__ = ["PoseAwareDeformableAttention", "PointDeformableAttention"]
 
 
-class _FrameDeformableAttentionBase(nn.Module):
+class _FrameDeformableAttentionBase(DeformableAttentionBase):
     def __init__(
         self,
         *,
@@ -32,20 +32,15 @@ class _FrameDeformableAttentionBase(nn.Module):
         num_frames: int,
         impl: str,
     ):
-        super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
+        super().__init__(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_samples=num_frames * num_levels * num_points,
+            impl=impl,
+        )
         self.num_levels = num_levels
         self.num_points = num_points
         self.num_frames = num_frames
-        self.impl = impl
-        n_samples = num_frames * num_heads * num_levels * num_points
-        self.sampling_offsets = nn.Linear(embed_dim, n_samples * 2)
-        self.attention_weights = nn.Linear(embed_dim, n_samples)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
         nn.init.zeros_(self.sampling_offsets.weight)
         nn.init.zeros_(self.sampling_offsets.bias)
         # Zero weights and biases: every sample starts equally weighted.
@@ -85,27 +80,13 @@ class _FrameDeformableAttentionBase(nn.Module):
         """
         b, q, _ = query.shape
         t, m, l, p = self.num_frames, self.num_heads, self.num_levels, self.num_points
-        v = self.value_proj(value)
-        if padding_mask is not None:
-            v = v.masked_fill(padding_mask[..., None], 0.0)
-        v = v.view(b, v.shape[1], m, self.embed_dim // m)
+        v = self.project_value(value, padding_mask)
         weights = self.attention_weights(query).view(b, q, t, m, l * p)
         # F.softmax subtracts the max, so large logits stay finite in fp16/bf16.
         weights = weights.transpose(2, 3).reshape(b, q, m, t * l * p).softmax(-1)
         weights = weights.view(b, q, m, t * l, p)
         locations = locations.permute(0, 1, 3, 2, 4, 5, 6).reshape(b, q, m, t * l, p, 2)
-        # Under autocast the projections are half precision while references stay float32:
-        # sample in the widest dtype (half-precision locations lose sub-pixel accuracy).
-        dtype = torch.promote_types(torch.promote_types(v.dtype, locations.dtype), weights.dtype)
-        out = ms_deform_attn(
-            v.to(dtype),
-            spatial_shapes,
-            level_start_index,
-            locations.to(dtype),
-            weights.to(dtype),
-            impl=self.impl,
-        )
-        return self.output_proj(out.to(v.dtype))
+        return self.attend(v, spatial_shapes, level_start_index, locations, weights)
 
 
 class PoseAwareDeformableAttention(_FrameDeformableAttentionBase):

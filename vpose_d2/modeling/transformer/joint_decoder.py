@@ -14,14 +14,21 @@ from torch import nn
 from vpose_d2.layers.mlp import MLP
 from vpose_d2.layers.position_encoding import sine_embed_points
 
+from .decoder_layer import DeformableDecoderLayer
 from .frame_attention import PointDeformableAttention
-from .utils import inverse_sigmoid
+from .utils import next_references, refine_per_frame
 
 __all__ = ["JointDecoderLayer", "JointDecoder"]
 
 
-class JointDecoderLayer(nn.Module):
-    """Self-attention among a person's K joints, deformable cross-attention, FFN (post-norm)."""
+class JointDecoderLayer(DeformableDecoderLayer):
+    """Self-attention among a person's K joints, deformable cross-attention, FFN (post-norm).
+
+    ``forward(tgt, query_pos, reference_points, memory, ...)``: ``tgt`` and ``query_pos``
+    (B, P, K, C) joint queries of P persons, ``reference_points`` (B, T, P, K, 2) per-frame
+    joint references in [0, 1], the T-frame memory as in :class:`DeformableDecoderLayer`;
+    returns (B, P, K, C).
+    """
 
     def __init__(
         self,
@@ -35,67 +42,44 @@ class JointDecoderLayer(nn.Module):
         num_frames: int = 1,
         attn_impl: str = "auto",
     ):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.cross_attn = PointDeformableAttention(
+        super().__init__(
+            lambda: PointDeformableAttention(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                num_levels=num_levels,
+                num_points=num_points,
+                num_frames=num_frames,
+                impl=attn_impl,
+            ),
             embed_dim=embed_dim,
             num_heads=num_heads,
-            num_levels=num_levels,
-            num_points=num_points,
-            num_frames=num_frames,
-            impl=attn_impl,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
         )
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
-        self.activation = nn.ReLU(inplace=True)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(embed_dim)
 
-    def forward(
+    def cross_attend(
         self,
-        tgt: torch.Tensor,
-        query_pos: torch.Tensor,
-        reference_points: torch.Tensor,
+        query: torch.Tensor,
+        references: torch.Tensor,
         memory: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
-        memory_padding_mask: Optional[torch.Tensor] = None,
+        memory_padding_mask: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """
-        Args:
-            tgt: (B, P, K, C) joint query content of P persons.
-            query_pos: (B, P, K, C) position embeddings.
-            reference_points: (B, T, P, K, 2) per-frame joint references in [0, 1].
-            memory, spatial_shapes, level_start_index, valid_ratios, memory_padding_mask:
-                the T-frame memory as in :class:`PoseDecoderLayer`.
-
-        Returns:
-            (B, P, K, C).
-        """
-        b, p, k, c = tgt.shape
-        t = reference_points.shape[1]
-        # Joints attend only within their own person: persons go to the batch axis here.
-        q = (tgt + query_pos).reshape(b * p, k, c)
-        sa = self.self_attn(q, q, tgt.reshape(b * p, k, c), need_weights=False)[0]
-        tgt = self.norm1(tgt + self.dropout1(sa.view(b, p, k, c)))
-        tgt2 = self.cross_attn(
-            (tgt + query_pos).reshape(b, p * k, c),
-            reference_points.reshape(b, t, p * k, 2),
+        """Every joint of every person is one query of the cross-attention."""
+        b, p, k, c = query.shape
+        t = references.shape[1]
+        out = self.cross_attn(
+            query.reshape(b, p * k, c),
+            references.reshape(b, t, p * k, 2),
             memory,
             spatial_shapes,
             level_start_index,
             valid_ratios,
             memory_padding_mask,
         )
-        tgt = self.norm2(tgt + self.dropout2(tgt2.view(b, p, k, c)))
-        tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(tgt2))
+        return out.view(b, p, k, c)
 
 
 class JointDecoder(nn.Module):
@@ -129,9 +113,8 @@ class JointDecoder(nn.Module):
         self.num_layers = num_layers
         self.num_keypoints = num_keypoints
         self.num_frames = num_frames
-        # PAVE-Net sets this: only the key frame is supervised, so neighbour frames' refined
-        # poses keep their gradient into the next layer's sampling locations (else the
-        # neighbours' refinement MLPs never learn). The key frame is detached as in DETR.
+        # PAVE-Net sets this (see next_references); it also applies to the pose decoder's
+        # poses that become this decoder's references (ImagePoseTransformer.run_joint_decoder).
         self.neighbour_reference_grad = False
         self.embed_dim = embed_dim
         self.joint_embed = nn.Embedding(num_keypoints, embed_dim)
@@ -216,17 +199,7 @@ class JointDecoder(nn.Module):
                 valid_ratios,
                 memory_padding_mask,
             )
-            deltas = torch.stack([mlp(tgt) for mlp in self.refine[i]], 1)  # (B, T, P, K, 2)
-            joints = (inverse_sigmoid(refs) + deltas).sigmoid()
+            joints = refine_per_frame(refs, tgt, self.refine[i])
             outputs.append({"joints": joints, "sigmas": self.sigma_heads[i](tgt).sigmoid()})
-            refs = joints.detach()
-            if self.neighbour_reference_grad and t > 1:
-                refs = torch.cat(
-                    (
-                        joints[:, :key_index],
-                        refs[:, key_index : key_index + 1],
-                        joints[:, key_index + 1 :],
-                    ),
-                    1,
-                )
+            refs = next_references(joints, key_index, self.neighbour_reference_grad)
         return outputs

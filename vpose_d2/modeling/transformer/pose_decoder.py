@@ -14,14 +14,20 @@ from torch import nn
 
 from vpose_d2.layers.mlp import MLP
 
+from .decoder_layer import DeformableDecoderLayer
 from .frame_attention import PoseAwareDeformableAttention
-from .utils import bias_init_with_prob, inverse_sigmoid
+from .utils import bias_init_with_prob, next_references, refine_per_frame
 
 __all__ = ["PoseDecoderLayer", "PoseDecoder"]
 
 
-class PoseDecoderLayer(nn.Module):
-    """Self-attention among queries, pose-aware cross-attention over T frames, FFN (post-norm)."""
+class PoseDecoderLayer(DeformableDecoderLayer):
+    """Self-attention among queries, pose-aware cross-attention over T frames, FFN (post-norm).
+
+    ``forward(tgt, query_pos, reference_poses, memory, ...)``: ``tgt`` and ``query_pos``
+    (B, N, C), ``reference_poses`` (B, T, N, K, 2) per-frame reference poses in [0, 1], the
+    T-frame memory as in :class:`DeformableDecoderLayer`; returns (B, N, C).
+    """
 
     def __init__(
         self,
@@ -35,63 +41,20 @@ class PoseDecoderLayer(nn.Module):
         num_frames: int = 1,
         attn_impl: str = "auto",
     ):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.cross_attn = PoseAwareDeformableAttention(
+        super().__init__(
+            lambda: PoseAwareDeformableAttention(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                num_levels=num_levels,
+                num_keypoints=num_keypoints,
+                num_frames=num_frames,
+                impl=attn_impl,
+            ),
             embed_dim=embed_dim,
             num_heads=num_heads,
-            num_levels=num_levels,
-            num_keypoints=num_keypoints,
-            num_frames=num_frames,
-            impl=attn_impl,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
         )
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
-        self.activation = nn.ReLU(inplace=True)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(embed_dim)
-
-    def forward(
-        self,
-        tgt: torch.Tensor,
-        query_pos: torch.Tensor,
-        reference_poses: torch.Tensor,
-        memory: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        valid_ratios: torch.Tensor,
-        memory_padding_mask: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """
-        Args:
-            tgt: (B, N, C) query content.
-            query_pos: (B, N, C) query position embedding.
-            reference_poses: (B, T, N, K, 2) per-frame reference poses in [0, 1].
-            memory: (B, T * S, C); spatial_shapes (T * L, 2); level_start_index (T * L,);
-            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) or None.
-
-        Returns:
-            (B, N, C) updated queries.
-        """
-        q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        tgt2 = self.cross_attn(
-            tgt + query_pos,
-            reference_poses,
-            memory,
-            spatial_shapes,
-            level_start_index,
-            valid_ratios,
-            memory_padding_mask,
-        )
-        tgt = self.norm2(tgt + self.dropout2(tgt2))
-        tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(tgt2))
 
 
 class PoseDecoder(nn.Module):
@@ -133,9 +96,7 @@ class PoseDecoder(nn.Module):
         self.num_layers = num_layers
         self.num_keypoints = num_keypoints
         self.num_frames = num_frames
-        # PAVE-Net sets this: only the key frame is supervised, so neighbour frames' refined
-        # poses keep their gradient into the next layer's sampling locations (else the
-        # neighbours' refinement MLPs never learn). The key frame is detached as in DETR.
+        # PAVE-Net sets this (see next_references).
         self.neighbour_reference_grad = False
         self.layers = nn.ModuleList(
             PoseDecoderLayer(
@@ -234,8 +195,7 @@ class PoseDecoder(nn.Module):
                 valid_ratios,
                 memory_padding_mask,
             )
-            deltas = torch.stack([mlp(tgt) for mlp in self.refine[i]], 1).view(b, t, n, k, 2)
-            poses = (inverse_sigmoid(refs) + deltas).sigmoid()
+            poses = refine_per_frame(refs, tgt, self.refine[i])
             outputs.append(
                 {
                     "poses": poses,
@@ -244,15 +204,5 @@ class PoseDecoder(nn.Module):
                     "queries": tgt,
                 }
             )
-            # Each layer learns a residual on a fixed reference (no gradient through it).
-            refs = poses.detach()
-            if self.neighbour_reference_grad and t > 1:
-                refs = torch.cat(
-                    (
-                        poses[:, :key_index],
-                        refs[:, key_index : key_index + 1],
-                        poses[:, key_index + 1 :],
-                    ),
-                    1,
-                )
+            refs = next_references(poses, key_index, self.neighbour_reference_grad)
         return outputs

@@ -1,6 +1,6 @@
 """Small tensor helpers shared by the transformer parts."""
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -11,6 +11,8 @@ __all__ = [
     "flatten_levels",
     "pose_half_size",
     "bias_init_with_prob",
+    "refine_per_frame",
+    "next_references",
 ]
 
 
@@ -18,6 +20,43 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """logit(x) with x clamped into [eps, 1 - eps] (references live in this space)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def refine_per_frame(
+    refs: torch.Tensor, queries: torch.Tensor, mlps: Sequence[nn.Module]
+) -> torch.Tensor:
+    """Frame t's points ``sigmoid(logit(refs_t) + mlps[t](queries))`` (PETR eq. 4 / PAVE eq. 6).
+
+    Args:
+        refs: (B, T, ..., K, 2) references in [0, 1].
+        queries: (B, ..., C) the queries the T MLPs read (their outputs reshape to refs[:, t]).
+        mlps: T refinement MLPs, one per frame.
+
+    Returns:
+        Refined points, ``refs``' shape.
+    """
+    deltas = torch.stack([mlp(queries) for mlp in mlps], 1)
+    return (inverse_sigmoid(refs) + deltas.view_as(refs)).sigmoid()
+
+
+def next_references(points: torch.Tensor, key_index: int, neighbour_grad: bool) -> torch.Tensor:
+    """Refined points (B, T, ...) as the next stage's references.
+
+    Each stage learns a residual on a fixed reference, so references are detached, as in
+    DETR. Only the key frame is supervised, though: with ``neighbour_grad`` (PAVE-Net) the
+    neighbour frames keep their gradient into the next stage's sampling locations, else their
+    refinement MLPs would never learn; the key frame is detached all the same.
+    """
+    if not neighbour_grad or points.shape[1] == 1:
+        return points.detach()
+    return torch.cat(
+        (
+            points[:, :key_index],
+            points[:, key_index : key_index + 1].detach(),
+            points[:, key_index + 1 :],
+        ),
+        1,
+    )
 
 
 def bias_init_with_prob(prior_prob: float) -> float:
