@@ -96,6 +96,13 @@ def _add_model_config(cfg: CN) -> None:
     _C.LOSS.POSE_OKS_WEIGHT = 2.0
     _C.LOSS.JOINT_L1_WEIGHT = 80.0
     _C.LOSS.JOINT_OKS_WEIGHT = 3.0
+    # Auxiliary K-way keypoint heatmap on the key frame's finest encoder level (stride 8),
+    # penalty-reduced focal loss against Gaussian targets, training only. PETR's release
+    # trains one (weight 2-4); the papers do not mention it, so 0 (off) by default. From random
+    # weights it is what makes learning fast: configs/quick/ turn it on.
+    _C.LOSS.HEATMAP_WEIGHT = 0.0
+    # Standard deviation of the Gaussian targets, in cells of the finest level.
+    _C.LOSS.HEATMAP_SIGMA = 1.0
 
     # Backbone adapters (build_resnet_pose_backbone, build_timm_pose_backbone).
     cfg.MODEL.TIMM = CN()

@@ -69,8 +69,8 @@ class SyntheticPosetrackConfig:
     """Every knob of the generator (see ``tools/make_synthetic_posetrack.py --help``)."""
 
     seed: int = 0
-    num_train_videos: int = 8
-    num_val_videos: int = 4
+    num_train_videos: int = 48
+    num_val_videos: int = 8
     frames_per_video: int = 24
     size: int = 256
     min_persons: int = 1
@@ -464,8 +464,8 @@ def make_synthetic_posetrack(
     root: Union[str, Path],
     *,
     seed: int = 0,
-    num_train_videos: int = 8,
-    num_val_videos: int = 4,
+    num_train_videos: int = 48,
+    num_val_videos: int = 8,
     frames_per_video: int = 24,
     size: int = 256,
     min_persons: int = 1,

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from vpose_d2.layers.position_encoding import PositionEmbeddingSine
 
 from ..criterion import PoseSetCriterion
+from ..losses.heatmap import KeypointHeatmapHead
 from ..transformer import (
     DeformableEncoder,
     JointDecoder,
@@ -111,6 +112,8 @@ class ImagePoseTransformer(nn.Module):
         num_joint_persons_test: int = 20,
         detections_per_image: int = 100,
         sigma_scores: bool = True,
+        heatmap_head: Optional[KeypointHeatmapHead] = None,
+        heatmap_weight: float = 0.0,
     ):
         """
         Args:
@@ -126,6 +129,9 @@ class ImagePoseTransformer(nn.Module):
             num_joint_persons_test: top-scoring persons refined by the joint decoder at test.
             detections_per_image: persons returned per image (top scores).
             sigma_scores: joint scores from the RLE sigmas (else the pose score).
+            heatmap_head: the auxiliary keypoint heatmap on the key frame's finest encoder
+                level (training only; PETR's release), or None.
+            heatmap_weight: its loss weight.
         """
         super().__init__()
         if pose_decoder is not None and len(pose_decoder.layers) == 0:
@@ -144,6 +150,8 @@ class ImagePoseTransformer(nn.Module):
         self.num_joint_persons_test = num_joint_persons_test
         self.detections_per_image = detections_per_image
         self.sigma_scores = sigma_scores
+        self.heatmap_head = heatmap_head
+        self.heatmap_weight = heatmap_weight
         shapes = backbone.output_shape()
         if len(shapes) != num_feature_levels:
             raise ValueError(
@@ -178,6 +186,12 @@ class ImagePoseTransformer(nn.Module):
             "num_joint_persons_test": v.NUM_JOINT_PERSONS_TEST,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "sigma_scores": v.LOSS.KEYPOINT_LOSS == "rle",
+            "heatmap_head": (
+                KeypointHeatmapHead(v.HIDDEN_DIM, k, v.LOSS.HEATMAP_SIGMA)
+                if v.LOSS.HEATMAP_WEIGHT > 0
+                else None
+            ),
+            "heatmap_weight": v.LOSS.HEATMAP_WEIGHT,
         }
 
     @property
@@ -412,7 +426,7 @@ class ImagePoseTransformer(nn.Module):
             key_index=0,
         )
         if self.training:
-            return self.losses(prop, dec, enc, batched_inputs, sizes, key=0)
+            return self.losses(prop, dec, enc, batched_inputs, sizes, key=0, key_frame=enc)
         return self.inference(dec, enc, batched_inputs, sizes)
 
     def losses(
@@ -423,6 +437,7 @@ class ImagePoseTransformer(nn.Module):
         batched_inputs: List[Dict],
         image_sizes: List[Tuple[int, int]],
         key: int,
+        key_frame: Optional[Dict[str, torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """Hungarian matching on the key frame; the criterion on the proposals and on every
         pose- and joint-decoder layer.
@@ -437,6 +452,9 @@ class ImagePoseTransformer(nn.Module):
             batched_inputs: the inputs, with ``instances``.
             image_sizes: (h, w) of the unpadded inputs.
             key: key position on the T axis.
+            key_frame: the key frame's own encoder output (``memory`` (B, S, C),
+                ``padding_mask``, ``spatial_shapes``, ``valid_ratios`` (B, L, 2)) for the
+                auxiliary heatmap; None skips it.
 
         Returns:
             dict of weighted scalar losses.
@@ -468,6 +486,14 @@ class ImagePoseTransformer(nn.Module):
             ]
             outputs["joint_targets"] = joint_targets
         losses = self.criterion(outputs, targets)
+        if self.heatmap_head is not None and key_frame is not None:
+            losses["loss_heatmap"] = self.heatmap_weight * self.heatmap_head.loss(
+                key_frame["memory"],
+                key_frame["padding_mask"],
+                key_frame["spatial_shapes"],
+                key_frame["valid_ratios"],
+                targets,
+            )
         with torch.no_grad():
             matched = [scores[b, src.to(self.device)] for b, (src, _) in enumerate(indices)]
             matched = torch.cat(matched) if matched else scores.new_zeros(0)

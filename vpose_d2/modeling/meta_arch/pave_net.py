@@ -129,6 +129,8 @@ class PAVENet(ImagePoseTransformer):
         num_joint_persons_test: int = 20,
         detections_per_image: int = 100,
         sigma_scores: bool = True,
+        heatmap_head: Optional[nn.Module] = None,
+        heatmap_weight: float = 0.0,
     ):
         """
         Args:
@@ -195,6 +197,8 @@ class PAVENet(ImagePoseTransformer):
             num_joint_persons_test=num_joint_persons_test,
             detections_per_image=detections_per_image,
             sigma_scores=sigma_scores,
+            heatmap_head=heatmap_head,
+            heatmap_weight=heatmap_weight,
         )
         self.num_frames = num_frames
         self.key_index = key_index
@@ -460,8 +464,15 @@ class PAVENet(ImagePoseTransformer):
         enc = self.encode_clips(images, masks)
         out = self.decode_clips(enc, self.key_index)
         if self.training:
+            key = self.key_index
+            key_frame = {
+                "memory": enc["memory"][:, key],
+                "padding_mask": enc["padding_mask"][:, key],
+                "spatial_shapes": enc["spatial_shapes"],
+                "valid_ratios": enc["valid_ratios"][:, key],
+            }
             return self.losses(
-                out["proposals"], out["dec"], out["video"], batched_inputs, sizes, self.key_index
+                out["proposals"], out["dec"], out["video"], batched_inputs, sizes, key, key_frame
             )
         return self.inference(out["dec"], out["video"], batched_inputs, sizes, self.key_index)
 
