@@ -279,6 +279,7 @@ def test_cached_sliding_window_equals_recomputation(ste):
 
 def test_video_model_with_one_frame_is_the_image_model():
     cfg = _cfg(())
+    cfg.MODEL.VPOSE.LOSS.HEATMAP_WEIGHT = 2.0  # the auxiliary heatmap must match too
     image_model = _perturb(_build(cfg, ImagePoseTransformer, seed=3)).eval()
     video_model = _build(cfg, PAVENet, seed=4).eval()
     # Same parameter names by design: the state_dict loads strictly.
@@ -299,9 +300,32 @@ def test_video_model_with_one_frame_is_the_image_model():
     image_model.train()
     video_model.train()
     la, lb = image_model(inputs), video_model(inputs)
-    assert set(la) == set(lb)
+    assert set(la) == set(lb) and "loss_heatmap" in la
     for key in la:
         torch.testing.assert_close(lb[key], la[key], atol=1e-5, rtol=1e-5)
+
+
+def test_heatmap_loss_is_training_only_and_reaches_the_backbone():
+    plain = _perturb(_build(_cfg(), seed=7)).eval()
+    cfg = _cfg()
+    cfg.MODEL.VPOSE.LOSS.HEATMAP_WEIGHT = 2.0
+    cfg.MODEL.VPOSE.LOSS.HEATMAP_SIGMA = 1.5
+    model = _build(cfg, seed=7)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("heatmap_head.") for k in missing) and missing
+    model.eval()
+    inputs = [_clip(3, 1, 11), _clip(3, 1, 12)]
+    with torch.no_grad():
+        a, b = plain(inputs), model(inputs)
+    for ra, rb in zip(a, b):  # inference never calls the head
+        torch.testing.assert_close(rb["instances"].pred_keypoints, ra["instances"].pred_keypoints)
+    model.train()
+    losses = model(inputs)
+    assert model.heatmap_head.sigma == 1.5
+    assert torch.isfinite(losses["loss_heatmap"]) and losses["loss_heatmap"] > 0
+    losses["loss_heatmap"].backward()
+    stem = model.backbone.bottom_up.stem.weight.grad
+    assert stem is not None and stem.abs().sum() > 0
 
 
 @pytest.mark.parametrize(

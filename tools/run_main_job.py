@@ -95,6 +95,23 @@ def schedule_opts(config_file: str, max_iter: int) -> List[str]:
     return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps)]
 
 
+def synthetic_set_differences(data_root: Path) -> Optional[str]:
+    """None if ``data_root`` holds the default synthetic set; else "" (no set there) or the
+    parameters that differ from today's defaults, e.g. "num_train_videos 8 != 48"."""
+    from dataclasses import asdict
+
+    from vpose_d2.data.datasets.synthetic import SyntheticPosetrackConfig
+
+    marker = data_root / "SYNTHETIC_POSETRACK.json"
+    if not marker.is_file():
+        return ""
+    with open(marker) as f:
+        made = json.load(f)
+    wanted = asdict(SyntheticPosetrackConfig())
+    diffs = [f"{k} {made[k]} != {v}" for k, v in wanted.items() if k in made and made[k] != v]
+    return ", ".join(diffs) or None
+
+
 def held_out_video(data_root: Path) -> Path:
     """The first synthetic val video's frame folder (never seen in training)."""
     val = data_root / "images" / "val"
@@ -178,9 +195,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     start = time.perf_counter()
 
     # 1. Data.
-    if (data_root / "SYNTHETIC_POSETRACK.json").is_file():
+    stale = synthetic_set_differences(data_root)
+    if stale is None:
         logger.info("[data] using the synthetic set in %s", data_root)
     else:
+        if stale:
+            # Made by an older checkout with other defaults: the tool replaces its own folder.
+            logger.info("[data] %s was made with other parameters (%s): writing it again",
+                        data_root, stale)  # fmt: skip
         times["data"] = run_step(
             "data",
             [py, "tools/make_synthetic_posetrack.py", "--root", str(data_root)],
