@@ -222,19 +222,29 @@ def _time_once(predictor: VideoPosePredictor, frames: List[np.ndarray]) -> float
     return 1000.0 * (time.perf_counter() - start) / count
 
 
-def time_side_by_side(
-    predictors: Sequence[VideoPosePredictor], frames: List[np.ndarray], repeats: int
-) -> List[float]:
-    """Best-of-``repeats`` ms per frame of each predictor, the runs interleaved so that every
-    predictor sees the same machine load; one warm-up pass each first."""
-    for predictor in predictors:
-        _time_once(predictor, frames)
-    runs: List[List[float]] = [[] for _ in predictors]
-    for _ in range(repeats):
-        for i, predictor in enumerate(predictors):
-            runs[i].append(_time_once(predictor, frames))
-    # The minimum: on a shared machine, noise only ever adds time.
-    return [min(r) for r in runs]
+def time_interleaved(
+    predictors: Sequence[VideoPosePredictor], videos: Sequence[List[np.ndarray]], repeats: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """ms per frame of every predictor on every video, ``repeats`` rounds interleaved.
+
+    Each round times every (video, predictor) pair once, starting at a different video each
+    round, so a change of machine load during the run spreads over all settings instead of
+    landing on one person count. One untimed warm-up pass per pair first.
+
+    Returns:
+        (best, median), each (len(videos), len(predictors)): the minimum over rounds (on a
+        shared machine noise only ever adds time) and the median.
+    """
+    for frames in videos:
+        for predictor in predictors:
+            _time_once(predictor, frames)
+    runs = np.zeros((repeats, len(videos), len(predictors)))
+    for r in range(repeats):
+        for j in range(len(videos)):
+            v = (j + r) % len(videos)
+            for i, predictor in enumerate(predictors):
+                runs[r, v, i] = _time_once(predictor, videos[v])
+    return runs.min(0), np.median(runs, 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -348,20 +358,37 @@ def streaming_split(
 
 def measure_latency(
     args: argparse.Namespace, config_file: str, size: Tuple[int, int]
-) -> Tuple[List[Tuple[int, float, float, float, float]], str]:
+) -> Tuple[List[Tuple[int, float, float, float, float, float]], str]:
     """ms per frame, streaming and windowed, and the streaming split into encoder and decoders,
     for each number of persons; prints the table."""
     cfg = load_cfg(config_file, args.opts, size, args.device)
     model = build_model(cfg).eval()
     streaming = VideoPosePredictor(cfg, model=model, cache=True)
     windowed = VideoPosePredictor(cfg, model=model, cache=False)
+    # Several scenes per person count: a scene's content moves the cost (measured here: +-4%
+    # between scenes with the same number of persons, in CPU time as much as in wall time, so
+    # not scheduling noise; e.g. the op skips samples that fall outside the image). One scene
+    # per row would let that pass for a dependence on the number of persons.
+    per = args.scenes
+    videos = [
+        render_video(n, args.frames, size, seed=1000 * n + j)
+        for n in args.persons
+        for j in range(per)
+    ]
+    best_v, median_v = time_interleaved([streaming, windowed], videos, args.repeats)
+    best = best_v.reshape(len(args.persons), per, 2).mean(1)
+    median = median_v.reshape(len(args.persons), per, 2).mean(1)
+    # Scene-to-scene variation of the streaming cost, relative, pooled over the rows.
+    by_scene = best_v[:, 0].reshape(len(args.persons), per)
+    scene_cv = float(np.mean(by_scene.std(1, ddof=1) / by_scene.mean(1))) if per > 1 else 0.0
     rows = []
-    for n in args.persons:
-        frames = render_video(n, args.frames, size, seed=n)
-        s, w = time_side_by_side([streaming, windowed], frames, args.repeats)
-        enc, dec = streaming_split(streaming, frames, args.repeats)
-        rows.append((n, s, w, enc, dec))
-        logger.info("%d persons: streaming %.1f ms/frame, windowed %.1f ms/frame", n, s, w)
+    for j, n in enumerate(args.persons):
+        enc, dec = streaming_split(streaming, videos[j * per], max(1, args.repeats // 2))
+        rows.append((n, float(best[j, 0]), float(best[j, 1]), enc, dec, float(median[j, 0])))
+        logger.info(
+            "%d persons: streaming %.1f ms/frame (median %.1f), windowed %.1f ms/frame",
+            n, best[j, 0], median[j, 0], best[j, 1],
+        )  # fmt: skip
     title = (
         f"{Path(config_file).name}, T={streaming.window_size}, {size[0]}x{size[1]}, "
         f"{args.device}, {torch.get_num_threads()} threads"
@@ -370,16 +397,27 @@ def measure_latency(
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     logger.info("System load average (1, 5, 15 min) after the runs: %s", load)
     title += f", load avg {load.split(',')[0]}"
-    print(f"\nLatency per frame (ms), {title}, best of {args.repeats}")
     print(
-        f"{'persons':>8}{'streaming':>12}{'windowed':>12}{'ratio w/s':>11}"
+        f"\nLatency per frame (ms), {title}, best of {args.repeats} interleaved rounds "
+        f"(median in brackets), mean of {args.scenes} scenes per row"
+    )
+    print(
+        f"{'persons':>8}{'streaming':>20}{'windowed':>12}{'ratio w/s':>11}"
         f"{'(stream: encoder':>19}{'decoders)':>11}"
     )
-    for n, s, w, enc, dec in rows:
-        print(f"{n:>8}{s:>12.1f}{w:>12.1f}{w / s:>11.2f}{enc:>19.1f}{dec:>11.1f}")
+    for n, s, w, enc, dec, med in rows:
+        stream = f"{s:.1f} ({med:.1f})"
+        print(f"{n:>8}{stream:>20}{w:>12.1f}{w / s:>11.2f}{enc:>19.1f}{dec:>11.1f}")
     s_all = [r[1] for r in rows]
+    m_all = [r[5] for r in rows]
+    if args.scenes > 1:
+        print(
+            f"scene-to-scene variation with the same persons: {scene_cv:.1%} (so a row's mean of "
+            f"{args.scenes} scenes is uncertain by ~{scene_cv / math.sqrt(args.scenes):.1%})"
+        )
     print(
-        f"spread over persons (max/min): streaming {max(s_all) / min(s_all):.2f}; paper "
+        f"spread over persons (max/min - 1): streaming best {max(s_all) / min(s_all) - 1:.1%}, "
+        f"median {max(m_all) / min(m_all) - 1:.1%}; paper "
         f"Table 2: PAVE-Net {PAPER_TABLE2_MS['PAVE-Net']:.0f} ms flat, DCPose "
         f"{PAPER_TABLE2_MS['DCPose'][0]}->{PAPER_TABLE2_MS['DCPose'][-1]} ms for 1->20 persons"
     )
@@ -420,7 +458,23 @@ def get_parser() -> argparse.ArgumentParser:
         help="frames per timed video (results per frame are averaged)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per setting (the best is reported)"
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved timing rounds (best and median reported)",
+    )
+    parser.add_argument(
+        "--scenes",
+        type=int,
+        default=8,
+        help="different scenes per number of persons (their per-scene results are averaged)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default). One thread gives the steadiest CPU "
+        "timings on a small shared machine",
     )
     parser.add_argument("--device", default="cuda" if not cpu else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
@@ -440,6 +494,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = get_parser().parse_args(argv)
     setup_logger(name="vpose_d2")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     latency_config = args.latency_config_file or args.config_file
     latency_size = args.latency_size or args.size
     results: Dict[str, Any] = {"device": args.device, "threads": torch.get_num_threads()}
@@ -482,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     del model
 
     # 2 + 3. Latency against persons, streaming and windowed, side by side.
-    rows: List[Tuple[int, float, float, float, float]] = []
+    rows: List[Tuple[int, float, float, float, float, float]] = []
     title = ""
     if not args.no_latency:
         rows, title = measure_latency(args, latency_config, latency_size)
@@ -490,8 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "config": latency_config, "size": latency_size, "title": title,
             "rows": [
                 {"persons": n, "streaming_ms": s, "windowed_ms": w, "streaming_encoder_ms": e,
-                 "streaming_decoders_ms": d}
-                for n, s, w, e, d in rows
+                 "streaming_decoders_ms": d, "streaming_median_ms": m}
+                for n, s, w, e, d, m in rows
             ],
         }  # fmt: skip
 
