@@ -7,7 +7,7 @@ On a fresh checkout (``make setup`` done) this
    (``tools/make_synthetic_posetrack.py``);
 2. trains ``configs/quick/pave_synthetic.yaml`` into ``output/main_job/pave``
    (``tools/train_net.py``; the PoseTrack evaluation of ``synthetic_posetrack_val`` runs after
-   the last iteration) for ``--max-iter`` iterations (default 200, the 10-minute budget; 0
+   the last iteration) for ``--max-iter`` iterations (default 450, the 10-minute budget; 0
    runs the config's own, longer schedule);
 3. prints the PoseTrack table of that evaluation (official protocol, re-scored from the
    prediction files the evaluator wrote);
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-# Training iterations of the main job: configs/quick/pave_synthetic.yaml measured 2.6 s per
-# iteration on this 2-core machine (2 threads, other jobs running: load ~2.5), so 200
-# iterations take ~9 minutes and the whole job ~10-11. Its own schedule (600) takes ~26.
-DEFAULT_MAX_ITER = 200
+# Training iterations of the main job: configs/quick/pave_synthetic.yaml runs at ~0.93 s per
+# iteration on this 2-core machine (2 threads, nothing else running), so 450 iterations take
+# ~7 minutes and the whole job ~9. Its own schedule (1500) takes ~25.
+DEFAULT_MAX_ITER = 450
 logger = logging.getLogger("vpose_d2.main_job")
 
 
