@@ -107,6 +107,7 @@ def test_default_set_is_generated_on_first_load(tmp_path):
     register_synthetic_posetrack(root, name_prefix="auto_syn", generate_if_missing=True)
     assert not root.exists()  # registration is lazy
     val = DatasetCatalog.get("auto_syn_val")
-    assert len(val) == 4 and (root / "SYNTHETIC_POSETRACK.json").is_file()
+    assert len(val) == SyntheticPosetrackConfig().num_val_videos
+    assert (root / "SYNTHETIC_POSETRACK.json").is_file()
     assert val[0]["height"] == val[0]["width"] == 256
     assert not list(tmp_path.glob(".auto.tmp-*"))
