@@ -92,9 +92,6 @@ class ImagePoseTransformer(nn.Module):
     ``key_index``, or (3, H, W); ``instances`` one Instances per frame or a single one.
     """
 
-    # Name of the logged highest person score of a training batch.
-    _max_score_scalar = "max_score"
-
     @configurable
     def __init__(
         self,
@@ -500,7 +497,7 @@ class ImagePoseTransformer(nn.Module):
             _put_scalars(
                 num_persons=float(sum(len(t["keypoints"]) for t in targets)),
                 matched_score=float(matched.mean()) if matched.numel() else 0.0,
-                **{self._max_score_scalar: float(scores.max())},
+                max_score=float(scores.max()),
             )
         return losses
 

@@ -103,9 +103,6 @@ class PAVENet(ImagePoseTransformer):
     ((3, H, W) or T = 1) is treated as a static clip (the frame repeated T times).
     """
 
-    # The diagnostic's name in PAVE-Net's logs (the image model logs it as "max_score").
-    _max_score_scalar = "max_unmatched_score"
-
     @configurable
     def __init__(
         self,
