@@ -364,6 +364,18 @@ class PAVENet(ImagePoseTransformer):
         }
 
     # ------------------------------------------------------------------ decoding
+    @staticmethod
+    def key_frame(enc: Dict[str, torch.Tensor], key: int) -> Dict[str, torch.Tensor]:
+        """The key frame's own encoding out of :meth:`encode_clips`' dict: ``memory`` (B, S, C),
+        ``padding_mask`` (B, S), ``spatial_shapes`` (L, 2), ``valid_ratios`` (B, L, 2) (what
+        the proposal head and the auxiliary heatmap read)."""
+        return {
+            "memory": enc["memory"][:, key],
+            "padding_mask": enc["padding_mask"][:, key],
+            "spatial_shapes": enc["spatial_shapes"],
+            "valid_ratios": enc["valid_ratios"][:, key],
+        }
+
     def decode_clips(self, enc: Dict[str, torch.Tensor], key: int) -> Dict:
         """Proposals on the key frame and the spatiotemporal pose decoder.
 
@@ -381,11 +393,9 @@ class PAVENet(ImagePoseTransformer):
         video = self.video_memory(enc)
         prop = None
         if self.proposal_head is not None:
+            kf = self.key_frame(enc, key)
             prop = self.proposal_head(
-                enc["memory"][:, key],
-                enc["padding_mask"][:, key],
-                enc["spatial_shapes"],
-                enc["valid_ratios"][:, key],
+                kf["memory"], kf["padding_mask"], kf["spatial_shapes"], kf["valid_ratios"]
             )
         if self.pose_decoder is None:
             # Image-only ablation: the key frame's top-N proposals are the poses.
@@ -462,14 +472,14 @@ class PAVENet(ImagePoseTransformer):
         out = self.decode_clips(enc, self.key_index)
         if self.training:
             key = self.key_index
-            key_frame = {
-                "memory": enc["memory"][:, key],
-                "padding_mask": enc["padding_mask"][:, key],
-                "spatial_shapes": enc["spatial_shapes"],
-                "valid_ratios": enc["valid_ratios"][:, key],
-            }
             return self.losses(
-                out["proposals"], out["dec"], out["video"], batched_inputs, sizes, key, key_frame
+                out["proposals"],
+                out["dec"],
+                out["video"],
+                batched_inputs,
+                sizes,
+                key,
+                self.key_frame(enc, key),
             )
         return self.inference(out["dec"], out["video"], batched_inputs, sizes, self.key_index)
 
