@@ -241,19 +241,47 @@ def test_softmax_is_stable_for_large_logits():
     assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
 
 
-@pytest.mark.parametrize("ste", [False, True], ids=["SE", "STE"])
-def test_cached_sliding_window_equals_recomputation(ste):
-    cfg = _cfg((-1, 1), SPATIOTEMPORAL_ENCODER=ste)
+def _count_value_projections(model: PAVENet, calls: List) -> None:
+    """Record every call of the decoders' value projections (not the encoder's)."""
+    for decoder in (model.pose_decoder, model.joint_decoder):
+        for layer in decoder.layers if decoder is not None else ():
+            layer.cross_attn.value_proj.register_forward_hook(lambda *_: calls.append(1))
+
+
+@pytest.mark.parametrize("cache_values", [True, False], ids=["values", "no_values"])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        dict(SPATIOTEMPORAL_ENCODER=True),
+        dict(USE_STJD=False),
+        dict(USE_STPD=False),
+        dict(USE_STPD=False, USE_STJD=False),
+    ],
+    ids=["SE", "STE", "stpd_only", "stjd_only", "image_only"],
+)
+def test_cached_sliding_window_equals_recomputation(switches, cache_values):
+    cfg = _cfg((-1, 1), **switches)
+    ste = cfg.MODEL.PAVE.SPATIOTEMPORAL_ENCODER
     model = _perturb(_build(cfg)).eval()
     video = _frames(5, 7)
     items = [{"image": f, "height": 2 * H, "width": 2 * W} for f in video]
     backbone_calls = []
     model.backbone.register_forward_hook(lambda mod, inp, out: backbone_calls.append(inp[0].shape))
     with torch.no_grad():
-        memories = model.encode_frames(items)
+        memories = model.encode_frames(items, cache_values=cache_values)
     # Every frame encoded once, in one batched call.
     assert len(memories) == 5 and len(backbone_calls) == 1 and backbone_calls[0][0] == 5
     assert all(isinstance(m, FrameMemory) and m.encoded != ste for m in memories)
+    # Projections are cached for the decoders the model has, and only where a frame's memory
+    # does not depend on its window (not with the spatiotemporal encoder).
+    num_layers = tuple(0 if d is None else 2 for d in (model.pose_decoder, model.joint_decoder))
+    if ste or not cache_values or num_layers == (0, 0):
+        assert all(m.values is None for m in memories)
+    else:
+        for m in memories:
+            assert tuple(len(v) for v in m.values) == num_layers
+            assert all(v.shape == (m.memory.shape[0], 2, 8) for vs in m.values for v in vs)
     windows, expected = [], []
     for key in range(5):
         idx = [min(max(key + o, 0), 4) for o in (-1, 0, 1)]
@@ -261,9 +289,14 @@ def test_cached_sliding_window_equals_recomputation(ste):
         clip = {"image": video[idx], "key_index": 1, "height": 2 * H, "width": 2 * W}
         with torch.no_grad():
             expected.append(model([clip])[0]["instances"])
+    projections: List = []
+    _count_value_projections(model, projections)
     with torch.no_grad():
         got = [model.decode(w, 1, image_sizes=[(2 * H, 2 * W)])[0] for w in windows]
         batched = model.decode(windows, 1, image_sizes=[(2 * H, 2 * W)] * 5)
+    # With the values cached, decode projects nothing; otherwise every layer once per call.
+    cached = memories[0].values is not None
+    assert len(projections) == (0 if cached else 6 * sum(num_layers))
     for e, g, bt in zip(expected, got, batched):
         assert g.image_size == e.image_size == (2 * H, 2 * W)
         torch.testing.assert_close(g.pred_keypoints, e.pred_keypoints, atol=1e-5, rtol=1e-5)
@@ -275,6 +308,101 @@ def test_cached_sliding_window_equals_recomputation(ste):
     with torch.no_grad():
         again = model.encode_frames(padded, image_sizes=[(H, W)] * 5)
     torch.testing.assert_close(again[2].memory, memories[2].memory, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_with_cached_values_equals_projecting_the_window():
+    """T = 3, frames of two sizes (so some are padded): the cached per-frame projections give
+    what projecting each window's memory gives, and decode uses them."""
+    model = _perturb(_build(_cfg((-1, 1)))).eval()
+    items = [{"image": f} for f in _frames(2, 20)]
+    items += [{"image": f} for f in _frames(2, 21, h=40, w=56)]
+    with torch.no_grad():
+        cached = model.encode_frames(items)
+        plain = model.encode_frames(items, cache_values=False)
+    assert all(m.values is not None for m in cached) and all(m.values is None for m in plain)
+    assert cached[3].padding_mask.any()  # the padded tokens' projections must be zero
+    for vs in cached[3].values:
+        for v in vs:
+            assert not v[cached[3].padding_mask].any()
+    windows = [[0, 2, 1], [3, 1, 2], [2, 2, 0]]
+    projections: List = []
+    _count_value_projections(model, projections)
+    with torch.no_grad():
+        with_values = model.decode([[cached[i] for i in w] for w in windows], 1)
+        assert not projections
+        without = model.decode([[plain[i] for i in w] for w in windows], 1)
+        assert len(projections) == 4  # 2 + 2 decoder layers, once for the batch of windows
+        # One frame without its projections: the whole batch projects as before.
+        mixed = model.decode([[cached[0], plain[2], cached[1]], [cached[i] for i in windows[1]]], 1)
+    assert len(projections) == 8
+    for a, b in zip(with_values, without):
+        assert torch.allclose(a.pred_keypoints, b.pred_keypoints, atol=1e-5)
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert torch.allclose(mixed[0].pred_keypoints, with_values[0].pred_keypoints, atol=1e-5)
+    # Projections of another model (other layer counts) are refused, not misread.
+    other = _perturb(_build(_cfg((-1, 1), USE_STPD=False))).eval()
+    with torch.no_grad():
+        foreign = other.encode_frames(items[:1])
+    with pytest.raises(ValueError, match="another model"):
+        model.decode(foreign * 3, 1)
+
+
+@pytest.mark.parametrize("part", ["pose_decoder", "joint_decoder"])
+def test_per_frame_projections_concatenate_to_the_window_projection(part):
+    """A decoder's projections of the T frames one at a time, concatenated along the tokens,
+    are the projection of the T frames' memory; handed to the decoder as ``values`` they give
+    what it computes from the memory, outputs and gradients."""
+    model = _perturb(_build(_cfg((-1, 1))))
+    decoder = getattr(model, part)
+    t, b, c, l = 3, 2, 16, 4
+    shapes = torch.tensor([[3, 4], [2, 2], [1, 2], [1, 1]]).repeat(t, 1)
+    s = int(shapes[:l].prod(1).sum())
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(b, t * s, c, generator=g)
+    mask = torch.rand(b, t * s, generator=g) < 0.3
+    whole = decoder.project_values(memory, mask)
+    frames = [decoder.project_values(memory[:, i * s : (i + 1) * s], mask[:, i * s : (i + 1) * s])
+              for i in range(t)]  # fmt: skip
+    assert len(whole) == decoder.num_layers == 2
+    for j, w in enumerate(whole):
+        assert w.shape == (b, t * s, 2, c // 2)
+        assert torch.allclose(torch.cat([f[j] for f in frames], 1), w, atol=1e-6)
+        assert not w[mask].any()
+
+    starts = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
+    ratios = 0.5 + 0.5 * torch.rand(b, t * l, 2, generator=g)
+    if part == "pose_decoder":
+        refs = 0.2 + 0.6 * torch.rand(b, t, 4, K, 2, generator=g)
+        tgt = torch.randn(b, 4, c, generator=g)
+
+        def run(values):
+            return decoder(tgt, refs, memory, shapes, starts, ratios, mask, 1, values=values)
+
+        outputs = "poses"
+    else:
+        refs = 0.2 + 0.6 * torch.rand(b, t, 3, K, 2, generator=g)
+
+        def run(values):
+            return decoder(refs, memory, shapes, starts, ratios, mask, 1, values=values)
+
+        outputs = "joints"
+    plain = run(None)
+    plain[-1][outputs].sum().backward()
+    grads = {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}
+    decoder.zero_grad()
+    cached = run([torch.cat([f[j] for f in frames], 1) for j in range(decoder.num_layers)])
+    cached[-1][outputs].sum().backward()
+    for a, b_ in zip(plain, cached):
+        assert torch.allclose(a[outputs], b_[outputs], atol=1e-5)
+    value_proj = "layers.0.cross_attn.value_proj.weight"
+    assert grads[value_proj].abs().sum() > 0  # through the given projections as well
+    for name, param in decoder.named_parameters():
+        if name in grads:
+            assert torch.allclose(param.grad, grads[name], atol=1e-5), name
+    with pytest.raises(ValueError, match="projected values for 2 layers"):
+        run(list(whole[:1]))
+    with pytest.raises(ValueError, match="projected values must be"):
+        run([v[:, :-1] for v in whole])
 
 
 def test_video_model_with_one_frame_is_the_image_model():

@@ -222,27 +222,47 @@ def test_pave_output_depends_on_the_neighbours(pave_model_cfg, synthetic_video):
     assert not torch.allclose(real.pred_keypoints, still.pred_keypoints, atol=1e-3)
 
 
+@pytest.mark.parametrize("value_cache", [True, False], ids=["values", "no_values"])
 @pytest.mark.parametrize("num_frames", [6, 2, 1])
-def test_pave_streaming_equals_windowed_recomputation(pave_model_cfg, synthetic_video, num_frames):
+def test_pave_streaming_equals_windowed_recomputation(
+    pave_model_cfg, synthetic_video, num_frames, value_cache
+):
     model, cfg = pave_model_cfg
     frames = synthetic_video[:num_frames]
-    streaming = VideoPosePredictor(cfg, model=model, cache=True)
+    streaming = VideoPosePredictor(cfg, model=model, cache=True, value_cache=value_cache)
     windowed = VideoPosePredictor(cfg, model=model, cache=False)
     assert streaming.streaming and not windowed.streaming and streaming.window_size == 3
 
-    encoded = []
+    encoded, memories = [], []
     original = model.encode_frames
 
     def counting_encode(frames_, *args, **kwargs):
         encoded.append(len(frames_))
-        return original(frames_, *args, **kwargs)
+        out = original(frames_, *args, **kwargs)
+        memories.extend(out)
+        return out
 
+    projections = []
+    hooks = [
+        layer.cross_attn.value_proj.register_forward_hook(
+            lambda mod, inp, out: projections.append(inp[0].shape[1])  # tokens projected
+        )
+        for decoder in (model.pose_decoder, model.joint_decoder)
+        for layer in decoder.layers
+    ]
     model.encode_frames = counting_encode
     try:
         stream = list(streaming(iter(frames)))
     finally:
         del model.encode_frames
+        for hook in hooks:
+            hook.remove()
     assert sum(encoded) == num_frames  # every frame through the spatial encoder once
+    # With the value cache each frame's S tokens are projected once per decoder layer (1 + 1
+    # here), when encoded; without it every window projects its T * S tokens in every layer.
+    assert all((m.values is not None) == value_cache for m in memories)
+    s = memories[0].memory.shape[0]
+    assert sum(projections) == 2 * num_frames * s * (1 if value_cache else 3)
     window = list(windowed(frames))
     assert [i for i, _ in stream] == [i for i, _ in window] == list(range(num_frames))
     height, width = frames[0].shape[:2]

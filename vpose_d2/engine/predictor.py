@@ -10,8 +10,10 @@ A model that exposes ``encode_frames`` / ``decode`` (``PAVENet``) runs the spati
 each frame ONCE; the window holds per-frame encoder memories and only the decoders run per
 key frame ("streaming"). ``cache=False`` instead recomputes the whole clip through the model's
 ``forward`` for every key frame ("windowed recomputation": T encoder passes per output frame),
-the reference the streaming path must reproduce. Any other model (``ImagePoseTransformer``)
-sees one frame at a time.
+the reference the streaming path must reproduce. Streaming also caches each frame's projections
+for the decoders' attentions (``PAVENet.encode_frames``' ``cache_values``, on unless
+``value_cache=False``), so a window projects nothing the previous window already projected.
+Any other model (``ImagePoseTransformer``) sees one frame at a time.
 
 Memory stays bounded: only the frames the current and the next window need are kept.
 """
@@ -60,6 +62,7 @@ class VideoPosePredictor:
             (0, the key frame, included); ``[0]`` for image models.
         key_index (int): position of the key frame in the window.
         streaming (bool): whether frames are encoded once and cached.
+        value_cache (bool): whether streaming also caches the decoders' value projections.
 
     Examples:
     ::
@@ -69,7 +72,12 @@ class VideoPosePredictor:
     """
 
     def __init__(
-        self, cfg: CfgNode, *, cache: bool = True, model: Optional[torch.nn.Module] = None
+        self,
+        cfg: CfgNode,
+        *,
+        cache: bool = True,
+        model: Optional[torch.nn.Module] = None,
+        value_cache: bool = True,
     ):
         """
         Args:
@@ -78,6 +86,9 @@ class VideoPosePredictor:
                 ``encode_frames`` / ``decode``); False recomputes every window from pixels.
             model: use this model (already built, weights loaded) instead of building one from
                 ``cfg`` and loading ``cfg.MODEL.WEIGHTS``; for tests and the benchmark.
+            value_cache: with ``cache``, also keep each frame's per-layer value projections
+                for the decoders (``encode_frames(..., cache_values=True)``, the default);
+                False has every window project its frames' memories again (to compare).
         """
         self.cfg = cfg.clone()  # the model may modify its config
         if model is None:
@@ -115,6 +126,7 @@ class VideoPosePredictor:
                     f"{mine}, but the model was built with {attr} {theirs}"
                 )
         self.streaming = bool(cache) and is_video_model
+        self.value_cache = bool(value_cache)
         self._past = -self.offsets[0]
         self._future = self.offsets[-1]
 
@@ -155,9 +167,12 @@ class VideoPosePredictor:
     @torch.no_grad()
     def _encode(self, item: Dict[str, Any]) -> Any:
         """What the window keeps for a frame: its encoder memory, or its pixels."""
-        if self.streaming:
+        if not self.streaming:
+            return item
+        if self.value_cache:
+            # Plain call: models that take no ``cache_values`` keep working.
             return self.model.encode_frames([item])[0]
-        return item
+        return self.model.encode_frames([item], cache_values=False)[0]
 
     @torch.no_grad()
     def _predict_key(self, key: int, window: List[Any], key_item: Dict[str, Any]) -> Instances:

@@ -272,6 +272,27 @@ class DeformableAttentionBase(nn.Module):
             v = v.masked_fill(padding_mask[..., None], 0.0)
         return v.view(b, s, self.num_heads, self.embed_dim // self.num_heads)
 
+    def value_heads(
+        self,
+        value: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        projected: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The (B, S, M, C / M) values the op samples: :meth:`project_value` of ``value``
+        (B, S, C) and ``padding_mask`` (B, S), or ``projected`` when the caller already has
+        that projection (a streaming cache of per-frame projections), checked against
+        ``value``'s (B, S)."""
+        if projected is None:
+            return self.project_value(value, padding_mask)
+        b, s = value.shape[:2]
+        expected = (b, s, self.num_heads, self.embed_dim // self.num_heads)
+        if tuple(projected.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}: projected values must be (B, S, M, C / M) = "
+                f"{expected} for `value` {tuple(value.shape)}, got {tuple(projected.shape)}"
+            )
+        return projected
+
     def attend(
         self,
         value: Tensor,

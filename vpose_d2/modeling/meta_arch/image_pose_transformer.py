@@ -396,6 +396,8 @@ class ImagePoseTransformer(nn.Module):
             enc["valid_ratios"],
             enc["padding_mask"],
             key_index=key,
+            # PAVE-Net's streaming decode hands the frames' cached projections in.
+            values=enc.get("joint_values"),
         )
 
     def forward(self, batched_inputs: List[Dict]):

@@ -15,7 +15,10 @@ parameter names and shapes coincide, so one model's ``state_dict`` loads into th
 Because the spatial encoder sees one frame at a time, its output can be cached:
 :meth:`PAVENet.encode_frames` gives one :class:`FrameMemory` per frame and
 :meth:`PAVENet.decode` runs only the decoders on a window of them, so a sliding window over
-a video encodes each frame once (``vpose_d2.engine.VideoPosePredictor`` does this).
+a video encodes each frame once (``vpose_d2.engine.VideoPosePredictor`` does this). The
+decoders' value projections are per frame too: ``encode_frames`` also keeps every decoder
+layer's projection of the frame (:attr:`FrameMemory.values`), and ``decode`` concatenates them
+instead of projecting the T frames' memory again in every window.
 
 Ablations (``cfg.MODEL.PAVE``, the paper's Tables 3-5): ``USE_STPD`` / ``USE_STJD`` drop the
 decoders (without both, the key-frame proposals are the output: the image-only regression of
@@ -27,7 +30,7 @@ reads all T*L maps of the clip.
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -74,6 +77,12 @@ class FrameMemory:
         image_size: (h, w) of the frame fed to the network, before padding.
         pos: (S, C) position + level embedding; kept only when ``encoded`` is False.
         encoded: whether ``memory`` is the spatial encoder's output.
+        values: the frame's values for the decoders' cross-attentions, ``(pose decoder
+            layers, joint decoder layers)``: per layer one (S, M, C / M) projection of
+            ``memory`` (zero at padded tokens), an empty tuple for a decoder the model lacks.
+            ``decode`` concatenates the window's instead of projecting its memory anew. None
+            when not cached: the spatiotemporal encoder (the memory depends on the window), a
+            model without decoders, or ``encode_frames(..., cache_values=False)``.
 
     The key frame's memory, padding mask, shapes and valid ratios are also the proposal
     head's inputs, so a cached key frame needs nothing else.
@@ -87,6 +96,7 @@ class FrameMemory:
     image_size: Tuple[int, int]
     pos: Optional[torch.Tensor] = None
     encoded: bool = True
+    values: Optional[Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]] = None
 
 
 def _level_start_index(spatial_shapes: torch.Tensor) -> torch.Tensor:
@@ -351,17 +361,22 @@ class PAVENet(ImagePoseTransformer):
         Returns:
             ``memory`` (B, T * S, C) frame-major, ``padding_mask`` (B, T * S),
             ``spatial_shapes`` (T * L, 2) (the L shapes repeated T times),
-            ``level_start_index`` (T * L,), ``valid_ratios`` (B, T * L, 2).
+            ``level_start_index`` (T * L,), ``valid_ratios`` (B, T * L, 2); and enc's
+            ``joint_values`` when :meth:`decode` found them cached (the inherited
+            ``run_joint_decoder`` reads them).
         """
         b, t, s, c = enc["memory"].shape
         shapes = enc["spatial_shapes"].repeat(t, 1)
-        return {
+        video = {
             "memory": enc["memory"].reshape(b, t * s, c),
             "padding_mask": enc["padding_mask"].reshape(b, t * s),
             "spatial_shapes": shapes,
             "level_start_index": _level_start_index(shapes),
             "valid_ratios": enc["valid_ratios"].reshape(b, -1, 2),
         }
+        if enc.get("joint_values") is not None:
+            video["joint_values"] = enc["joint_values"]
+        return video
 
     # ------------------------------------------------------------------ decoding
     @staticmethod
@@ -380,7 +395,9 @@ class PAVENet(ImagePoseTransformer):
         """Proposals on the key frame and the spatiotemporal pose decoder.
 
         Args:
-            enc: :meth:`encode_clips`' dict (B clips of T frames).
+            enc: :meth:`encode_clips`' dict (B clips of T frames); from :meth:`decode` also
+                ``pose_values`` / ``joint_values``, each decoder's per-layer (B, T * S, M,
+                C / M) values when the frames' projections were cached (else absent or None).
             key: key position on the T axis.
 
         Returns:
@@ -429,6 +446,7 @@ class PAVENet(ImagePoseTransformer):
             video["valid_ratios"],
             video["padding_mask"],
             key_index=key,
+            values=enc.get("pose_values"),
         )
         return {"proposals": prop, "video": video, "dec": dec}
 
@@ -487,6 +505,7 @@ class PAVENet(ImagePoseTransformer):
         self,
         frames: Union[torch.Tensor, Sequence[Dict]],
         image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        cache_values: bool = True,
     ) -> List[FrameMemory]:
         """Run the spatial encoder on frames, one batched call, for later :meth:`decode`.
 
@@ -496,6 +515,11 @@ class PAVENet(ImagePoseTransformer):
                 that will share a window must have one size.
             image_sizes: (h, w) of each tensor frame before padding (default: no padding);
                 ignored for dicts.
+            cache_values: also project each frame's memory for every decoder layer
+                (:attr:`FrameMemory.values`), so that :meth:`decode` projects nothing: one
+                projection per frame instead of one per window the frame is in, at the price
+                of keeping (number of decoder layers) times the memory's size per frame.
+                Ignored with the spatiotemporal encoder.
 
         Returns:
             T' :class:`FrameMemory`, in order. With the spatiotemporal encoder they hold the
@@ -535,6 +559,16 @@ class PAVENet(ImagePoseTransformer):
         emb = self._encode_single_frames(images, masks)
         encoded = emb["memory"] is not None
         memory = emb["memory"] if encoded else emb["src"]
+        values = None
+        decoders = (self.pose_decoder, self.joint_decoder)
+        if encoded and cache_values and any(d is not None for d in decoders):
+            per_decoder = [
+                () if d is None else d.project_values(memory, emb["padding_mask"]) for d in decoders
+            ]
+            values = [
+                tuple(tuple(v[i] for v in layers) for layers in per_decoder)
+                for i in range(len(images))
+            ]
         return [
             FrameMemory(
                 memory=memory[i],
@@ -545,14 +579,18 @@ class PAVENet(ImagePoseTransformer):
                 image_size=(int(sizes[i][0]), int(sizes[i][1])),
                 pos=None if encoded else emb["pos"][i],
                 encoded=encoded,
+                values=None if values is None else values[i],
             )
             for i in range(len(images))
         ]
 
-    def _stack_memories(self, clips: List[Sequence[FrameMemory]]) -> Dict[str, torch.Tensor]:
+    def _stack_memories(self, clips: List[Sequence[FrameMemory]]) -> Dict[str, Any]:
         """B windows of T :class:`FrameMemory` (one padded size) as :meth:`encode_clips`'
-        dict."""
+        dict, plus ``pose_values`` / ``joint_values`` (per layer (B, T * S, M, C / M), or None)
+        when every frame has its projections cached."""
         first = clips[0][0]
+        decoders = {"pose_values": self.pose_decoder, "joint_values": self.joint_decoder}
+        num_layers = tuple(0 if d is None else len(d.layers) for d in decoders.values())
         for c, clip in enumerate(clips):
             if len(clip) != self.num_frames:
                 raise ValueError(
@@ -571,6 +609,12 @@ class PAVENet(ImagePoseTransformer):
                         f"decode: frame {t} of window {c} was encoded by another model "
                         f"(encoded={m.encoded}, spatiotemporal_encoder="
                         f"{self.spatiotemporal_encoder})"
+                    )
+                if m.values is not None and tuple(len(v) for v in m.values) != num_layers:
+                    raise ValueError(
+                        f"decode: frame {t} of window {c} holds values of "
+                        f"{tuple(len(v) for v in m.values)} (pose, joint) decoder layers, this "
+                        f"model has {num_layers}: it was encoded by another model"
                     )
 
         def stack(field: str) -> torch.Tensor:
@@ -592,6 +636,17 @@ class PAVENet(ImagePoseTransformer):
             )
         else:
             enc["memory"] = stack("memory")
+        if all(m.values is not None for c in clips for m in c):
+            for i, (name, n) in enumerate(zip(decoders, num_layers)):
+                # Frame-major along the tokens, as video_memory lays out the memory; one cat
+                # over all B * T frames, then split the windows apart, copies the values once.
+                layers = [
+                    torch.cat([m.values[i][j] for c in clips for m in c]).unflatten(
+                        0, (len(clips), -1)
+                    )
+                    for j in range(n)
+                ]
+                enc[name] = layers if layers else None
         return enc
 
     def decode(
@@ -601,6 +656,9 @@ class PAVENet(ImagePoseTransformer):
         image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> List[Instances]:
         """Poses in the key frame of cached windows (inference only).
+
+        The decoders sample the frames' cached projections (:attr:`FrameMemory.values`)
+        when every frame of every window has them, and project the memory otherwise.
 
         Args:
             memories: one window of T :class:`FrameMemory` in the model's frame order, or a

@@ -1,11 +1,36 @@
 """The decoder layer both decoders stack: self-attention, deformable cross-attention, FFN."""
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["DeformableDecoderLayer"]
+__all__ = ["DeformableDecoderLayer", "ProjectValuesMixin"]
+
+
+class ProjectValuesMixin:
+    """``project_values`` for a decoder whose ``self.layers`` are :class:`DeformableDecoderLayer`
+    (the pose and the joint decoder), so a caller can project memory once and pass the result
+    to the decoder's ``forward(..., values=...)``."""
+
+    layers: nn.ModuleList
+
+    def project_values(
+        self, memory: torch.Tensor, memory_padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, ...]:
+        """Every layer's cross-attention values of ``memory``, for ``forward``'s ``values``.
+
+        Args:
+            memory: (B, S', C) memory tokens, any of them: one frame's (S' = S) for a
+                streaming cache, or the T frames' (S' = T * S).
+            memory_padding_mask: (B, S') bool, True at padded tokens, or None.
+
+        Returns:
+            One (B, S', M, C / M) per layer. A per-token linear map zeroed at padded tokens,
+            so the frames' projections concatenated along S' equal the projection of the
+            concatenated memory.
+        """
+        return tuple(layer.project_value(memory, memory_padding_mask) for layer in self.layers)
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -15,7 +40,8 @@ class DeformableDecoderLayer(nn.Module):
     Queries may carry group axes, ``(B, G..., Q, C)``: self-attention then runs along the
     ``Q`` axis within each group (a person's K joint queries attend to each other only). The
     cross-attention is built by the subclass; :meth:`cross_attend` hands it the queries and
-    references, by default unchanged.
+    references, by default unchanged. The cross-attention may be given its values already
+    projected (``projected_value``, see :meth:`project_value`), e.g. from a per-frame cache.
     """
 
     def __init__(
@@ -51,6 +77,15 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(embed_dim)
 
+    def project_value(
+        self, memory: torch.Tensor, memory_padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """(B, S', C) memory tokens -> (B, S', M, C / M) the values the cross-attention samples
+        (zero where ``memory_padding_mask`` (B, S') is True), to pass later as
+        ``projected_value``. Token by token, so any subset of the tokens (one frame) can be
+        projected on its own."""
+        return self.cross_attn.project_value(memory, memory_padding_mask)
+
     def cross_attend(
         self,
         query: torch.Tensor,
@@ -60,6 +95,7 @@ class DeformableDecoderLayer(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor],
+        projected_value: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The cross-attention on ``query`` (the queries' shape); returns that shape."""
         return self.cross_attn(
@@ -70,6 +106,7 @@ class DeformableDecoderLayer(nn.Module):
             level_start_index,
             valid_ratios,
             memory_padding_mask,
+            projected_value,
         )
 
     def forward(
@@ -82,6 +119,7 @@ class DeformableDecoderLayer(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor] = None,
+        projected_value: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -90,6 +128,8 @@ class DeformableDecoderLayer(nn.Module):
             memory: (B, T * S, C) the T frames' memories; spatial_shapes (T * L, 2);
                 level_start_index (T * L,); valid_ratios (B, T * L, 2);
                 memory_padding_mask (B, T * S) or None.
+            projected_value: (B, T * S, M, C / M) :meth:`project_value` of ``memory`` and
+                ``memory_padding_mask``, precomputed; None projects them here.
 
         Returns:
             Updated queries, ``tgt``'s shape.
@@ -106,6 +146,7 @@ class DeformableDecoderLayer(nn.Module):
             level_start_index,
             valid_ratios,
             memory_padding_mask,
+            projected_value,
         )
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))

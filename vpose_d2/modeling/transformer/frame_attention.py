@@ -7,6 +7,10 @@ attention-weight projection (its slice of one wider linear layer) and its own re
 the weights of all ``T * L * P`` samples of a head go through one softmax, so a query
 weighs frames against each other (PAVE-Net's joint temporal weighting). With ``T = 1``
 this is the image model's attention.
+
+The values the op samples are ``value_proj`` of the memory, per token; a caller that has them
+already (PAVE-Net's streaming cache of per-frame projections) passes them as
+``projected_value`` (B, T * S, M, C / M) and the attention skips its projection.
 """
 
 from typing import Optional
@@ -73,14 +77,16 @@ class _FrameDeformableAttentionBase(DeformableAttentionBase):
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         locations: torch.Tensor,
+        projected_value: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """Weights from the query, one softmax over all T*L*P samples, the op, projection.
 
-        ``locations`` is (B, Q, T, M, L, P, 2) in padded-map coordinates.
+        ``locations`` is (B, Q, T, M, L, P, 2) in padded-map coordinates; ``projected_value``
+        (B, T * S, M, C / M) or None (then ``value`` and ``padding_mask`` are projected).
         """
         b, q, _ = query.shape
         t, m, l, p = self.num_frames, self.num_heads, self.num_levels, self.num_points
-        v = self.project_value(value, padding_mask)
+        v = self.value_heads(value, padding_mask, projected_value)
         weights = self.attention_weights(query).view(b, q, t, m, l * p)
         # F.softmax subtracts the max, so large logits stay finite in fp16/bf16.
         weights = weights.transpose(2, 3).reshape(b, q, m, t * l * p).softmax(-1)
@@ -134,6 +140,7 @@ class PoseAwareDeformableAttention(_FrameDeformableAttentionBase):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         padding_mask: Optional[torch.Tensor] = None,
+        projected_value: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -145,6 +152,8 @@ class PoseAwareDeformableAttention(_FrameDeformableAttentionBase):
             level_start_index: (T * L,) int64.
             valid_ratios: (B, T * L, 2) [w, h] fraction of each padded map with content.
             padding_mask: (B, T * S) bool, True at padded tokens, or None.
+            projected_value: (B, T * S, M, C / M) :meth:`project_value` of ``value`` and
+                ``padding_mask``, precomputed; None projects them here.
 
         Returns:
             (B, Q, C).
@@ -162,7 +171,15 @@ class PoseAwareDeformableAttention(_FrameDeformableAttentionBase):
         half = pose_half_size(refs)[:, :, :, None, None, None, :]  # (B, Q, T, 1, 1, 1, 2)
         loc = refs[:, :, :, None, None] + offsets * half  # (B, Q, T, M, L, K, 2)
         vr = valid_ratios.view(b, 1, t, 1, l, 1, 2)
-        return self._attend(query, value, padding_mask, spatial_shapes, level_start_index, loc * vr)
+        return self._attend(
+            query,
+            value,
+            padding_mask,
+            spatial_shapes,
+            level_start_index,
+            loc * vr,
+            projected_value,
+        )
 
 
 class PointDeformableAttention(_FrameDeformableAttentionBase):
@@ -215,6 +232,7 @@ class PointDeformableAttention(_FrameDeformableAttentionBase):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         padding_mask: Optional[torch.Tensor] = None,
+        projected_value: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -226,6 +244,8 @@ class PointDeformableAttention(_FrameDeformableAttentionBase):
             level_start_index: (T * L,) int64.
             valid_ratios: (B, T * L, 2).
             padding_mask: (B, T * S) bool, True at padded tokens, or None.
+            projected_value: (B, T * S, M, C / M) :meth:`project_value` of ``value`` and
+                ``padding_mask``, precomputed; None projects them here.
 
         Returns:
             (B, Q, C).
@@ -244,4 +264,6 @@ class PointDeformableAttention(_FrameDeformableAttentionBase):
         vr = valid_ratios.view(b, 1, t, 1, l, 1, 2)
         refs = reference_points.permute(0, 2, 1, 3)[:, :, :, None, None, None, :]
         loc = refs * vr + offsets / cells
-        return self._attend(query, value, padding_mask, spatial_shapes, level_start_index, loc)
+        return self._attend(
+            query, value, padding_mask, spatial_shapes, level_start_index, loc, projected_value
+        )

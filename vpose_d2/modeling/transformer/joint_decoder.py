@@ -5,7 +5,7 @@ that frame's keypoint k (its own offsets/weights per frame, one softmax over all
 and each frame's keypoints are refined by that frame's MLP; the key frame is the output.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -14,7 +14,7 @@ from torch import nn
 from vpose_d2.layers.mlp import MLP
 from vpose_d2.layers.position_encoding import sine_embed_points
 
-from .decoder_layer import DeformableDecoderLayer
+from .decoder_layer import DeformableDecoderLayer, ProjectValuesMixin
 from .frame_attention import PointDeformableAttention
 from .utils import next_references, refine_per_frame
 
@@ -66,6 +66,7 @@ class JointDecoderLayer(DeformableDecoderLayer):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor],
+        projected_value: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Every joint of every person is one query of the cross-attention."""
         b, p, k, c = query.shape
@@ -78,11 +79,12 @@ class JointDecoderLayer(DeformableDecoderLayer):
             level_start_index,
             valid_ratios,
             memory_padding_mask,
+            projected_value,
         )
         return out.view(b, p, k, c)
 
 
-class JointDecoder(nn.Module):
+class JointDecoder(ProjectValuesMixin, nn.Module):
     """Stack of :class:`JointDecoderLayer` with per-layer, per-frame 2-D refinement."""
 
     @configurable
@@ -163,6 +165,7 @@ class JointDecoder(nn.Module):
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor] = None,
         key_index: int = 0,
+        values: Optional[Sequence[torch.Tensor]] = None,
     ) -> List[Dict[str, torch.Tensor]]:
         """
         Args:
@@ -171,6 +174,9 @@ class JointDecoder(nn.Module):
             memory: (B, T * S, C); spatial_shapes (T * L, 2); level_start_index (T * L,);
             valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) or None.
             key_index: position of the key frame on the T axis.
+            values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of ``memory``
+                (or the frames' projections concatenated along S), which the layers then
+                sample instead of projecting ``memory``; None projects it in every layer.
 
         Returns:
             One dict per layer: ``joints`` (B, T, P, K, 2) refined keypoints of every frame
@@ -182,6 +188,10 @@ class JointDecoder(nn.Module):
             raise ValueError(
                 f"JointDecoder built for T={self.num_frames}, K={self.num_keypoints}, got "
                 f"reference_joints {tuple(reference_joints.shape)}"
+            )
+        if values is not None and len(values) != self.num_layers:
+            raise ValueError(
+                f"JointDecoder: {len(values)} projected values for {self.num_layers} layers"
             )
         tgt = self.joint_embed.weight.view(1, 1, k, -1).expand(b, p, k, -1)
         refs = reference_joints
@@ -198,6 +208,7 @@ class JointDecoder(nn.Module):
                 level_start_index,
                 valid_ratios,
                 memory_padding_mask,
+                None if values is None else values[i],
             )
             joints = refine_per_frame(refs, tgt, self.refine[i])
             outputs.append({"joints": joints, "sigmas": self.sigma_heads[i](tgt).sigmoid()})

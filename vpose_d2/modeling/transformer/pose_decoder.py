@@ -6,7 +6,7 @@ own reference poses, offset/weight projections and refinement MLPs; class and si
 read the shared query and describe the key frame.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -14,7 +14,7 @@ from torch import nn
 
 from vpose_d2.layers.mlp import MLP
 
-from .decoder_layer import DeformableDecoderLayer
+from .decoder_layer import DeformableDecoderLayer, ProjectValuesMixin
 from .frame_attention import PoseAwareDeformableAttention
 from .utils import bias_init_with_prob, next_references, refine_per_frame
 
@@ -57,7 +57,7 @@ class PoseDecoderLayer(DeformableDecoderLayer):
         )
 
 
-class PoseDecoder(nn.Module):
+class PoseDecoder(ProjectValuesMixin, nn.Module):
     """Stack of :class:`PoseDecoderLayer` with per-layer, per-frame pose refinement.
 
     After layer i, frame t's pose is ``sigmoid(logit(R_t) + MLP_{i,t}(q))`` (paper eq. 4 /
@@ -157,6 +157,7 @@ class PoseDecoder(nn.Module):
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor] = None,
         key_index: int = 0,
+        values: Optional[Sequence[torch.Tensor]] = None,
     ) -> List[Dict[str, torch.Tensor]]:
         """
         Args:
@@ -167,6 +168,9 @@ class PoseDecoder(nn.Module):
             spatial_shapes: (T * L, 2) int64; level_start_index: (T * L,) int64.
             valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) bool or None.
             key_index: position of the key frame on the T axis.
+            values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of ``memory``
+                (or the frames' projections concatenated along S), which the layers then
+                sample instead of projecting ``memory``; None projects it in every layer.
 
         Returns:
             One dict per layer: ``poses`` (B, T, N, K, 2) refined poses of every frame,
@@ -181,6 +185,10 @@ class PoseDecoder(nn.Module):
             )
         if not 0 <= key_index < t:
             raise ValueError(f"PoseDecoder: key_index {key_index} outside [0, {t})")
+        if values is not None and len(values) != self.num_layers:
+            raise ValueError(
+                f"PoseDecoder: {len(values)} projected values for {self.num_layers} layers"
+            )
         outputs = []
         refs = reference_poses
         for i, layer in enumerate(self.layers):
@@ -194,6 +202,7 @@ class PoseDecoder(nn.Module):
                 level_start_index,
                 valid_ratios,
                 memory_padding_mask,
+                None if values is None else values[i],
             )
             poses = refine_per_frame(refs, tgt, self.refine[i])
             outputs.append(
