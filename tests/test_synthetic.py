@@ -111,3 +111,48 @@ def test_default_set_is_generated_on_first_load(tmp_path):
     assert (root / "SYNTHETIC_POSETRACK.json").is_file()
     assert val[0]["height"] == val[0]["width"] == 256
     assert not list(tmp_path.glob(".auto.tmp-*"))
+
+
+def _run_main_job_module():
+    spec = importlib.util.spec_from_file_location(
+        "run_main_job", Path(__file__).resolve().parents[1] / "tools" / "run_main_job.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_main_job_spots_a_set_made_with_other_parameters(tmp_path):
+    """The main job rewrites a set an older checkout made: one with other values, and one
+    whose marker lacks a parameter added since (it was made before that knob existed)."""
+    job = _run_main_job_module()
+    assert job.synthetic_set_differences(tmp_path) == ""  # no set at all
+    meta = {f.name: f.default for f in fields(SyntheticPosetrackConfig) if f.name != "num_workers"}
+    marker = tmp_path / "SYNTHETIC_POSETRACK.json"
+    marker.write_text(json.dumps(meta))
+    assert job.synthetic_set_differences(tmp_path) is None
+    marker.write_text(json.dumps({**meta, "blur_prob": 0.15}))
+    assert job.synthetic_set_differences(tmp_path) == "blur_prob 0.15 != 0.25"
+    del meta["blur_strength"]
+    marker.write_text(json.dumps(meta))
+    assert job.synthetic_set_differences(tmp_path) == "blur_strength (absent) != 1.0"
+
+
+def test_blur_strength_scales_the_blur(tmp_path):
+    """Every frame blurred: strength 0 writes the same bytes as no blur at all (the draws do not
+    depend on it), strength 1 removes most of the frames' fine detail (Laplacian variance)."""
+
+    def sharpness(root: Path) -> float:
+        frames = sorted((root / "images" / "val").rglob("*.jpg"))
+        return float(
+            np.mean([cv2.Laplacian(cv2.imread(str(f), 0), cv2.CV_64F).var() for f in frames])
+        )
+
+    args = dict(num_train_videos=0, num_val_videos=2, frames_per_video=4, size=96, seed=3)
+    none = sharpness(make_synthetic_posetrack(tmp_path / "a", blur_prob=0.0, **args))
+    zero = sharpness(
+        make_synthetic_posetrack(tmp_path / "b", blur_prob=1.0, blur_strength=0, **args)
+    )
+    full = sharpness(make_synthetic_posetrack(tmp_path / "c", blur_prob=1.0, **args))
+    assert zero == none
+    assert full < 0.25 * none
