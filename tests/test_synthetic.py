@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
 def test_determinism(tiny, tmp_path):
     same = make_synthetic_posetrack(tmp_path / "b", seed=3, **TINY)
     a, b = _files(tiny), _files(same)
-    assert a.keys() == b.keys() and len(a) == 3 + 3 * 9 + 1  # jsons + frames + marker
+    assert a.keys() == b.keys() and len(a) == 3 + 3 * 9 + 2  # jsons, frames, blur list, marker
     assert all(a[k] == b[k] for k in a)  # identical json and JPEG bytes
     other = _files(make_synthetic_posetrack(tmp_path / "c", seed=4, **TINY))
     jpgs = [k for k in a if k.suffix == ".jpg"]
@@ -49,7 +49,7 @@ def test_determinism(tiny, tmp_path):
 
 
 def test_format_matches_official_files(tiny):
-    files = sorted((tiny / "annotations").rglob("*.json"))
+    files = sorted((tiny / "annotations").glob("*/*.json"))  # not the blurred-frame listing
     assert [f.parent.name for f in files] == ["train", "train", "val"]
     official = json.loads(OFFICIAL.read_text()) if OFFICIAL.is_file() else None
     for f in files:

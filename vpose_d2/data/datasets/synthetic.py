@@ -3,18 +3,24 @@
 :func:`make_synthetic_posetrack` writes, under ``root``::
 
     annotations/{train,val}/VIDEO.json      official 2018 per-video files (17 slots, ears 0)
+    annotations/blurred_frames.json         {"train": {VIDEO: [frame indices]}, "val": {...}}:
+                                            the frames given motion blur or defocus
     images/{train,val}/VIDEO/000000.jpg     JPEG frames
     SYNTHETIC_POSETRACK.json                the generator's arguments (marks the folder as ours)
 
 so the ordinary PoseTrack loaders read it unchanged, and :func:`register_synthetic_posetrack`
-registers ``<prefix>_train`` / ``<prefix>_val`` on it.
+registers ``<prefix>_train`` / ``<prefix>_val`` on it. The blurred frames are listed in a side
+file, not in the per-video files, so those keep the official keys; a frame index is the frame's
+position in its video (its file name). ``tools/blur_breakdown.py`` scores predictions on the
+blurred and the sharp key frames separately with it.
 
 What is in the videos: articulated people (textured capsule limbs of varied widths, a head with
 a face or hair) walking and waving; 1..N people per video who overlap one another; occluders
 (poles, boards) that sweep across the frame in front of everyone; heavy motion blur or defocus
-on single frames (a quarter of them by default); small unannotated people inside ignore regions; cluttered backgrounds with
-limb-like distractor strokes. The person's left limbs are lighter and carry a stripe along their
-axis, the right limbs darker with stripes across, so left/right is decidable from one frame.
+on single frames (a quarter of them by default); small unannotated people inside ignore
+regions; cluttered backgrounds with limb-like distractor strokes. The person's left limbs are
+lighter and carry a stripe along their axis, the right limbs darker with stripes across, so
+left/right is decidable from one frame.
 
 Visibility convention: PoseTrack annotates joints it can locate, including ones hidden behind
 someone or something. Here every joint inside the image is annotated (v=1) whether or not an
@@ -24,12 +30,13 @@ joints that are covered or blurred in the key frame; joints outside the image ar
 The blur is strong on purpose. With the earlier, milder blur (7-15 px streaks, defocus sigma
 1.5-3.5 at 256 px on 15% of the frames), image models trained at the quick configs' half
 resolution scored no lower on blurred key frames than on sharp ones (27.4 vs 20.3 and 28.2 vs
-27.8 AP, two runs, on a 288-frame held-out set), so nothing in the set needed the neighbouring
-frames. On a held-out set with today's blur (streaks of 9-17% of the frame, defocus sigma
-1.6-3.1%, on a quarter of the frames) the second of those models scored 7.3 AP on the key
-frames found blurred (by their Laplacian against their neighbours') against 27.7 on sharp ones;
-a PAVE-Net trained like it got 14.9 on those frames, 11.4 with its neighbours replaced by the
-key frame. ``blur_strength`` scales both kinds.
+27.8 AP, two runs, on a 288-frame held-out set, blurred frames told by their Laplacian), so
+nothing in the set needed the neighbouring frames. On a held-out set with today's blur (streaks
+of 9-17% of the frame, defocus sigma 1.6-3.1%, on a quarter of the frames) the second of those
+models scored 6.8 AP on the 69 blurred key frames against 28.3 on the 219 sharp ones; a PAVE-
+Net trained like it got 15.3 on the blurred frames, 12.1 with its neighbours replaced by the
+key frame (``tools/blur_breakdown.py``, which reads ``annotations/blurred_frames.json``).
+``blur_strength`` scales both kinds.
 
 Train videos are labeled on every frame, val videos on every ``val_label_every``-th (4, as
 PoseTrack's val set), starting at frame 0.
@@ -349,8 +356,11 @@ def _round(v: float) -> float:
     return float(round(float(v), 2))
 
 
-def _render_video(args: Tuple[str, int, int, SyntheticPosetrackConfig, str]) -> Tuple[str, Dict]:
-    """Render one video; write its frames; return (video name, official json dict)."""
+def _render_video(
+    args: Tuple[str, int, int, SyntheticPosetrackConfig, str],
+) -> Tuple[str, Dict, List[int]]:
+    """Render one video; write its frames; return (video name, official json dict, indices of
+    the blurred frames)."""
     split, vi, vid_num, cfg, root = args
     split_code = 0 if split == "train" else 1
     rng = np.random.default_rng([cfg.seed, split_code, vi])
@@ -462,7 +472,8 @@ def _render_video(args: Tuple[str, int, int, SyntheticPosetrackConfig, str]) -> 
                 )
         for p in people:
             p.step()
-    return video, {"categories": official_categories(), "images": images, "annotations": anns}
+    data = {"categories": official_categories(), "images": images, "annotations": anns}
+    return video, data, np.flatnonzero(blur_frames).tolist()
 
 
 def _write_mp4(root: Path, split: str, video: str, fps: float = 10.0) -> None:
@@ -553,12 +564,16 @@ def make_synthetic_posetrack(
             results = pool.map(_render_video, tasks)
     else:
         results = [_render_video(t) for t in tasks]
-    for (split, *_), (video, data) in zip(tasks, results):
+    blurred: Dict[str, Dict[str, List[int]]] = {"train": {}, "val": {}}
+    for (split, *_), (video, data, blurred_frames) in zip(tasks, results):
         d = root / "annotations" / split
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{video}.json").write_text(json.dumps(data))
+        blurred[split][video] = blurred_frames
     for split in ("train", "val"):
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+    # Beside the split folders, not in them: the loaders read every json in a split folder.
+    (root / "annotations" / "blurred_frames.json").write_text(json.dumps(blurred, indent=1))
     if cfg.write_videos:
         for split, _, vid_num, _, _ in tasks:
             if split == "val":
