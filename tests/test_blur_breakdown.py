@@ -3,12 +3,12 @@ key frames)."""
 
 import vpose_d2  # noqa: F401  isort: skip  (compat must run before detectron2)
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 from vpose_d2.data.datasets import make_synthetic_posetrack
 
@@ -21,12 +21,7 @@ ARGS = dict(
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "blur_breakdown", REPO / "tools" / "blur_breakdown.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/blur_breakdown.py")
 
 
 @pytest.fixture(scope="module")

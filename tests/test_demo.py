@@ -1,7 +1,6 @@
 """demo/video_demo.py end to end: a synthetic frame folder, the real PoseTrack clip (frames and
 mp4), and unreadable input. A tiny randomly initialised model is enough for the mechanics."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -34,10 +34,7 @@ def _config_file() -> str:
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("video_demo", REPO / "demo" / "video_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/video_demo.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """VPoseTrainer: optimizer groups, clipping, AMP, checkpoints, resume, CPU launch, errors."""
 
-import importlib.util
 import itertools
 import json
 import math
@@ -16,6 +15,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+from script_loader import load_script
 from torch import nn
 
 from vpose_d2.config import add_vpose_config
@@ -441,9 +441,7 @@ def test_train_net_eval_only_prints_posetrack_results(synthetic_root, tmp_path):
         pytest.skip(f"{QUICK_CONFIG} is missing")
     from detectron2.engine import default_argument_parser
 
-    spec = importlib.util.spec_from_file_location("train_net", TOOLS / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_script("tools/train_net.py")
     opts = [
         "DATASETS.SYNTHETIC_ROOT", str(synthetic_root), "OUTPUT_DIR", str(tmp_path),
         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",

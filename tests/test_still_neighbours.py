@@ -1,20 +1,15 @@
 """tools/still_neighbours.py: the "still" clips hold only the key frame, nothing else changes."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "still_neighbours", REPO / "tools" / "still_neighbours.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/still_neighbours.py")
 
 
 class _Recorder(torch.nn.Module):

@@ -2,7 +2,6 @@
 
 import vpose_d2  # noqa: F401  isort: skip  (compat must run before detectron2)
 
-import importlib.util
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
+from script_loader import load_script
 
 from vpose_d2.data.datasets import load_posetrack, make_synthetic_posetrack
 from vpose_d2.data.datasets.synthetic import SyntheticPosetrackConfig, register_synthetic_posetrack
@@ -91,11 +91,7 @@ def test_loaders_read_it_unchanged(tiny):
 
 
 def test_cli_help_documents_every_knob():
-    spec = importlib.util.spec_from_file_location(
-        "mksyn", REPO / "tools" / "make_synthetic_posetrack.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_synthetic_posetrack.py")
     out = tool.get_parser().format_help()
     for f in fields(SyntheticPosetrackConfig):
         assert "--" + f.name.replace("_", "-") in out
@@ -113,19 +109,10 @@ def test_default_set_is_generated_on_first_load(tmp_path):
     assert not list(tmp_path.glob(".auto.tmp-*"))
 
 
-def _run_main_job_module():
-    spec = importlib.util.spec_from_file_location(
-        "run_main_job", Path(__file__).resolve().parents[1] / "tools" / "run_main_job.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_main_job_spots_a_set_made_with_other_parameters(tmp_path):
     """The main job rewrites a set an older checkout made: one with other values, and one
     whose marker lacks a parameter added since (it was made before that knob existed)."""
-    job = _run_main_job_module()
+    job = load_script("tools/run_main_job.py")
     assert job.synthetic_set_differences(tmp_path) == ""  # no set at all
     meta = {f.name: f.default for f in fields(SyntheticPosetrackConfig) if f.name != "num_workers"}
     marker = tmp_path / "SYNTHETIC_POSETRACK.json"
