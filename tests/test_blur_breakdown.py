@@ -12,7 +12,6 @@ from script_loader import load_script
 
 from vpose_d2.data.datasets import make_synthetic_posetrack
 
-REPO = Path(__file__).resolve().parents[1]
 # Every val frame labeled and half of them blurred, so both subsets have frames to score.
 ARGS = dict(
     seed=1, num_train_videos=0, num_val_videos=2, frames_per_video=8, size=96, val_label_every=1,

@@ -320,7 +320,6 @@ def test_unregistered_dataset_is_named(tmp_path):
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO / "configs" / "quick" / "petr_synthetic.yaml"
-TOOLS = REPO / "tools"
 
 
 @pytest.fixture(scope="module")

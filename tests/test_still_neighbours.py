@@ -1,11 +1,7 @@
 """tools/still_neighbours.py: the "still" clips hold only the key frame, nothing else changes."""
 
-from pathlib import Path
-
 import torch
 from script_loader import load_script
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():

@@ -21,7 +21,6 @@ TINY = dict(
     num_train_videos=2, num_val_videos=1, frames_per_video=9, size=96, max_persons=3,
     min_person_height=30, max_person_height=80, occluder_prob=1.0, ignore_region_prob=1.0,
 )  # fmt: skip
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _files(root: Path):
