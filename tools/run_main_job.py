@@ -98,8 +98,6 @@ def schedule_opts(config_file: str, max_iter: int) -> List[str]:
 def synthetic_set_differences(data_root: Path) -> Optional[str]:
     """None if ``data_root`` holds the default synthetic set; else "" (no set there) or the
     parameters that differ from today's defaults, e.g. "num_train_videos 8 != 48"."""
-    from dataclasses import asdict
-
     from vpose_d2.data.datasets.synthetic import SyntheticPosetrackConfig
 
     marker = data_root / "SYNTHETIC_POSETRACK.json"
@@ -107,8 +105,7 @@ def synthetic_set_differences(data_root: Path) -> Optional[str]:
         return ""
     with open(marker) as f:
         made = json.load(f)
-    wanted = asdict(SyntheticPosetrackConfig())
-    wanted.pop("num_workers")  # not recorded: it does not change the output
+    wanted = SyntheticPosetrackConfig().recorded()
     # A parameter the set does not record was added since it was made: it differs too.
     diffs = [f"{k} {made.get(k, '(absent)')} != {v}" for k, v in wanted.items() if made.get(k) != v]
     return ", ".join(diffs) or None

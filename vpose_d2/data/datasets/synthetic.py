@@ -105,6 +105,13 @@ class SyntheticPosetrackConfig:
     write_videos: bool = False
     num_workers: int = 1
 
+    def recorded(self) -> Dict[str, Any]:
+        """The parameters SYNTHETIC_POSETRACK.json records: all but ``num_workers``, which does
+        not change the output."""
+        meta = asdict(self)
+        meta.pop("num_workers")
+        return meta
+
     def validate(self) -> None:
         if self.size < 64:
             raise ValueError("size must be >= 64")
@@ -578,9 +585,7 @@ def make_synthetic_posetrack(
         for split, _, vid_num, _, _ in tasks:
             if split == "val":
                 _write_mp4(root, split, f"{vid_num:06d}_synth_{split}")
-    meta = asdict(cfg)
-    meta.pop("num_workers")  # does not change the output
-    (root / _MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    (root / _MARKER).write_text(json.dumps(cfg.recorded(), indent=1, sort_keys=True))
     logger.info("Wrote %d synthetic videos to %s", len(tasks), root)
     return root
 
