@@ -15,6 +15,7 @@ from detectron2.structures import Boxes, Instances
 from vpose_d2.config import get_vpose_cfg
 from vpose_d2.modeling.backbone import TimmBackbone
 from vpose_d2.modeling.meta_arch import resolve_keypoint_meta
+from vpose_d2.modeling.clip_memory import ClipMemory, level_start_index
 from vpose_d2.modeling.transformer import JointDecoder, PoseDecoder
 
 K = 15
@@ -182,6 +183,21 @@ def _memory(b, t, c, shapes, gen):
     return mem, shapes_t, starts, ratios
 
 
+def _as_clip(mem, t, shapes):
+    """(B, T * S, C) frame-major tokens of T frames with per-frame ``shapes`` -> ClipMemory."""
+    shapes1 = torch.tensor(shapes, dtype=torch.long)
+    b, _, c = mem.shape
+    s = int(shapes1.prod(1).sum())
+    return ClipMemory(
+        memory=mem.view(b, t, s, c),
+        padding_mask=torch.zeros(b, t, s, dtype=torch.bool),
+        spatial_shapes=shapes1,
+        level_start_index=level_start_index(shapes1),
+        valid_ratios=torch.ones(b, t, len(shapes), 2),
+        image_sizes=[(1, 1)] * b,
+    )
+
+
 def _spread_frames(single, multi, t):
     """Load a T=1 module's weights into a T-frame one, every frame a copy."""
     state = single.state_dict()
@@ -222,12 +238,10 @@ def test_pose_decoder_frames_share_one_softmax():
     mem1, shapes1, starts1, ratios1 = _memory(b, 1, c, [(6, 8), (3, 4)], gen)
     tgt = torch.randn(b, n, c, generator=gen)
     refs = torch.rand(b, 1, n, K, 2, generator=gen) * 0.5 + 0.25
-    out1 = single(tgt, refs, mem1, shapes1, starts1, ratios1, None, key_index=0)
+    lv = [(6, 8), (3, 4)]
+    out1 = single(tgt, refs, _as_clip(mem1, 1, lv), key_index=0)
     mem3 = mem1.repeat(1, t, 1)
-    _, shapes3, starts3, ratios3 = _memory(b, t, c, [(6, 8), (3, 4)], gen)
-    out3 = multi(
-        tgt, refs.expand(-1, t, -1, -1, -1), mem3, shapes3, starts3, ratios3, None, key_index=1
-    )
+    out3 = multi(tgt, refs.expand(-1, t, -1, -1, -1), _as_clip(mem3, t, lv), key_index=1)
     assert out3[-1]["poses"].shape == (b, t, n, K, 2)
     for o1, o3 in zip(out1, out3):
         assert torch.allclose(o1["queries"], o3["queries"], atol=1e-5)
@@ -237,9 +251,7 @@ def test_pose_decoder_frames_share_one_softmax():
     mem3b = mem3.clone()
     s = mem1.shape[1]
     mem3b[:, 2 * s :] = torch.randn(b, s, c, generator=gen)
-    out3b = multi(
-        tgt, refs.expand(-1, t, -1, -1, -1), mem3b, shapes3, starts3, ratios3, None, key_index=1
-    )
+    out3b = multi(tgt, refs.expand(-1, t, -1, -1, -1), _as_clip(mem3b, t, lv), key_index=1)
     assert not torch.allclose(out3b[0]["queries"], out3[0]["queries"], atol=1e-4)
 
 
@@ -263,23 +275,15 @@ def test_joint_decoder_frames():
     _spread_frames(single, multi, t)
     mem1, shapes1, starts1, ratios1 = _memory(b, 1, c, [(6, 8), (3, 4)], gen)
     refs = torch.rand(b, 1, p, K, 2, generator=gen)
-    out1 = single(refs, mem1, shapes1, starts1, ratios1, None, key_index=0)
-    _, shapes3, starts3, ratios3 = _memory(b, t, c, [(6, 8), (3, 4)], gen)
-    out3 = multi(
-        refs.expand(-1, t, -1, -1, -1),
-        mem1.repeat(1, t, 1),
-        shapes3,
-        starts3,
-        ratios3,
-        None,
-        key_index=2,
-    )
+    lv = [(6, 8), (3, 4)]
+    out1 = single(refs, _as_clip(mem1, 1, lv), key_index=0)
+    out3 = multi(refs.expand(-1, t, -1, -1, -1), _as_clip(mem1.repeat(1, t, 1), t, lv), key_index=2)
     assert out3[-1]["joints"].shape == (b, t, p, K, 2)
     assert out3[-1]["sigmas"].shape == (b, p, K, 2)
     for o1, o3 in zip(out1, out3):
         assert torch.allclose(o1["joints"][:, 0], o3["joints"][:, 2], atol=1e-5)
     with pytest.raises(ValueError, match="T=3"):
-        multi(refs, mem1, shapes1, starts1, ratios1, None)
+        multi(refs, _as_clip(mem1, 1, lv))
 
 
 def test_resnet_pose_backbone_levels():

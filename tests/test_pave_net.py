@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vpose_d2  # noqa: F401  isort: skip  (compat shims before Detectron2's structures)
+from common import H, K, W, build, clip, frames, instances, perturb, tiny_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from detectron2.structures import Boxes, ImageList, Instances
@@ -18,121 +19,11 @@ from torch import nn
 from vpose_d2.config import get_vpose_cfg
 from vpose_d2.engine import merge_config_file
 from vpose_d2.modeling.backbone.neck import MultiScalePoseBackbone
-from vpose_d2.modeling.meta_arch import FrameMemory, ImagePoseTransformer, PAVENet
-from vpose_d2.modeling.meta_arch import image_pose_transformer as ipt_module
+from vpose_d2.modeling.clip_memory import ClipMemory
+from vpose_d2.modeling.meta_arch import ImagePoseTransformer, PAVENet
 from vpose_d2.modeling.transformer import frame_attention
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-K = 5  # joints: nothing may assume 15 or 17
-H, W = 48, 64
-
-
-class _TinyBottomUp(Backbone):
-    """Three strided convs standing in for C3-C5 (strides 8, 16, 32): keeps the tests fast."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=8, padding=1)
-        self.c4 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.c5 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        c3 = torch.relu(self.stem(x))
-        c4 = torch.relu(self.c4(c3))
-        return {"res3": c3, "res4": c4, "res5": torch.relu(self.c5(c4))}
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            "res3": ShapeSpec(channels=8, stride=8),
-            "res4": ShapeSpec(channels=8, stride=16),
-            "res5": ShapeSpec(channels=16, stride=32),
-        }
-
-
-def _tiny_backbone(cfg, input_shape=None) -> Backbone:
-    return MultiScalePoseBackbone(
-        bottom_up=_TinyBottomUp(),
-        in_features=["res3", "res4", "res5"],
-        out_channels=cfg.MODEL.VPOSE.HIDDEN_DIM,
-        num_levels=cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS,
-        num_groups=4,
-    )
-
-
-def _cfg(offsets=(-1, 1), **pave):
-    cfg = get_vpose_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "PAVENet"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATASETS.TRAIN = ()
-    cfg.INPUT.CLIP.OFFSETS = list(offsets)
-    v = cfg.MODEL.VPOSE
-    v.NUM_KEYPOINTS = K
-    v.HIDDEN_DIM = 16
-    v.NHEADS = 2
-    v.DIM_FEEDFORWARD = 32
-    v.DROPOUT = 0.0
-    v.ENC_LAYERS = 1
-    v.NUM_QUERIES = 6
-    v.DEC_LAYERS = 2
-    v.JOINT_DEC_LAYERS = 2
-    v.JOINT_DEC_N_POINTS = 2
-    v.NUM_JOINT_PERSONS_TEST = 3
-    v.REFINE_HIDDEN_DIM = 16
-    v.REFINE_NUM_LAYERS = 2
-    cfg.TEST.DETECTIONS_PER_IMAGE = 4
-    for key, value in pave.items():
-        setattr(cfg.MODEL.PAVE, key, value)
-    return cfg
-
-
-def _build(cfg, cls=PAVENet, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    with mock.patch.object(ipt_module, "build_backbone", _tiny_backbone):
-        return cls(cfg)
-
-
-def _perturb(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Move every parameter off its (often zero) initialization, so that comparisons and
-    softmax checks are not trivially satisfied by zero offsets and uniform weights."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def _frames(t: int, seed: int, h: int = H, w: int = W) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (t, 3, h, w), generator=g, dtype=torch.uint8)
-
-
-def _instances(seed: int, n: int = 2, h: int = H, w: int = W) -> Instances:
-    g = torch.Generator().manual_seed(seed)
-    kpts = torch.rand(n, K, 3, generator=g) * torch.tensor([w * 0.8, h * 0.8, 1.0])
-    kpts[..., :2] += torch.tensor([w * 0.1, h * 0.1])
-    kpts[..., 2] = 2.0
-    kpts[0, 0, 2] = 0.0  # an unannotated joint
-    inst = Instances((h, w))
-    inst.gt_keypoints = kpts
-    xy = kpts[..., :2]
-    inst.gt_boxes = Boxes(torch.cat([xy.amin(1), xy.amax(1)], -1))
-    inst.gt_classes = torch.zeros(n, dtype=torch.int64)
-    inst.gt_track_ids = torch.arange(n)
-    return inst
-
-
-def _clip(t: int, key: int, seed: int, h: int = H, w: int = W) -> Dict:
-    return {
-        "image": _frames(t, seed, h, w),
-        "key_index": key,
-        "instances": [_instances(seed + i, h=h, w=w) for i in range(t)],
-        "labeled": [True] * t,
-        "video_id": f"video{seed}",
-        "frame_ids": list(range(t)),
-        "key_frame_id": key,
-        "height": h * 2,
-        "width": w * 2,
-    }
 
 
 @contextmanager
@@ -153,15 +44,15 @@ def _record_attention_weights(store: List):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("offsets", [(-1, 1), (-2, -1, 1, 2)], ids=["T3", "T5"])
 def test_forward_backward(offsets):
-    cfg = _cfg(offsets)
+    cfg = tiny_cfg(offsets)
     # Off the zero init (output projections start at zero, which blocks gradients into the
     # attention at step 0).
-    model = _perturb(_build(cfg))
+    model = perturb(build(cfg))
     t = 1 + len(offsets)
     assert model.num_frames == t and model.key_index == t // 2
     assert model.pose_decoder.num_frames == t and model.joint_decoder.num_frames == t
     model.train()
-    losses = model([_clip(t, t // 2, 0), _clip(t, t // 2, 10)])
+    losses = model([clip(t, t // 2, 0), clip(t, t // 2, 10)])
     assert {"loss_class_enc", "loss_rle_enc"} <= set(losses)
     assert {f"loss_rle_dec{i}" for i in range(2)} <= set(losses)
     assert {f"loss_rle_joint{i}" for i in range(2)} <= set(losses)
@@ -182,7 +73,7 @@ def test_forward_backward(offsets):
 
     model.eval()
     with torch.no_grad():
-        out = model([_clip(t, t // 2, 0), _clip(t, t // 2, 1, h=40, w=56)])
+        out = model([clip(t, t // 2, 0), clip(t, t // 2, 1, h=40, w=56)])
     assert len(out) == 2
     inst = out[1]["instances"]
     assert inst.image_size == (80, 112)
@@ -191,14 +82,14 @@ def test_forward_backward(offsets):
     assert len(inst.pred_boxes) == 4
     # Batch size > 1 at test time gives what each clip gives alone.
     with torch.no_grad():
-        alone = model([_clip(t, t // 2, 0)])[0]["instances"]
+        alone = model([clip(t, t // 2, 0)])[0]["instances"]
     torch.testing.assert_close(alone.pred_keypoints, out[0]["instances"].pred_keypoints)
 
 
 def test_neighbour_references_detached_on_request():
-    cfg = _cfg((-1, 1), NEIGHBOUR_REFERENCE_GRAD=False)
-    model = _perturb(_build(cfg)).train()
-    sum(model([_clip(3, 1, 0)]).values()).backward()
+    cfg = tiny_cfg((-1, 1), NEIGHBOUR_REFERENCE_GRAD=False)
+    model = perturb(build(cfg)).train()
+    sum(model([clip(3, 1, 0)]).values()).backward()
     refine = model.pose_decoder.refine
     assert refine[0][1].layers[-1].weight.grad.abs().sum() > 0  # the key frame
     grad = refine[0][0].layers[-1].weight.grad  # a neighbour: no path to any loss
@@ -206,12 +97,12 @@ def test_neighbour_references_detached_on_request():
 
 
 def test_one_softmax_over_all_frames_levels_and_points():
-    cfg = _cfg((-2, -1, 1, 2))
-    model = _perturb(_build(cfg)).eval()
+    cfg = tiny_cfg((-2, -1, 1, 2))
+    model = perturb(build(cfg)).eval()
     t, l = 5, cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS
     calls: List = []
     with _record_attention_weights(calls), torch.no_grad():
-        model([_clip(t, 2, 3)])
+        model([clip(t, 2, 3)])
     # 2 pose-decoder layers and 2 joint-decoder layers, each one op call over T*L levels.
     assert len(calls) == 4
     for shapes, weights in calls:
@@ -229,14 +120,14 @@ def test_one_softmax_over_all_frames_levels_and_points():
 
 
 def test_softmax_is_stable_for_large_logits():
-    model = _build(_cfg()).eval()
+    model = build(tiny_cfg()).eval()
     attn = model.pose_decoder.layers[0].cross_attn
     with torch.no_grad():
         attn.attention_weights.bias.fill_(1e4)
         attn.attention_weights.bias[0] = 3e4
     calls: List = []
     with _record_attention_weights(calls), torch.no_grad():
-        out = model([_clip(3, 1, 4)])
+        out = model([clip(3, 1, 4)])
     assert torch.isfinite(calls[0][1]).all()
     assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
 
@@ -261,10 +152,10 @@ def _count_value_projections(model: PAVENet, calls: List) -> None:
     ids=["SE", "STE", "stpd_only", "stjd_only", "image_only"],
 )
 def test_cached_sliding_window_equals_recomputation(switches, cache_values):
-    cfg = _cfg((-1, 1), **switches)
+    cfg = tiny_cfg((-1, 1), **switches)
     ste = cfg.MODEL.PAVE.SPATIOTEMPORAL_ENCODER
-    model = _perturb(_build(cfg)).eval()
-    video = _frames(5, 7)
+    model = perturb(build(cfg)).eval()
+    video = frames(5, 7)
     items = [{"image": f, "height": 2 * H, "width": 2 * W} for f in video]
     backbone_calls = []
     model.backbone.register_forward_hook(lambda mod, inp, out: backbone_calls.append(inp[0].shape))
@@ -272,16 +163,18 @@ def test_cached_sliding_window_equals_recomputation(switches, cache_values):
         memories = model.encode_frames(items, cache_values=cache_values)
     # Every frame encoded once, in one batched call.
     assert len(memories) == 5 and len(backbone_calls) == 1 and backbone_calls[0][0] == 5
-    assert all(isinstance(m, FrameMemory) and m.encoded != ste for m in memories)
+    assert all(isinstance(m, ClipMemory) and (m.pos is None) != ste for m in memories)
     # Projections are cached for the decoders the model has, and only where a frame's memory
     # does not depend on its window (not with the spatiotemporal encoder).
     num_layers = tuple(0 if d is None else 2 for d in (model.pose_decoder, model.joint_decoder))
     if ste or not cache_values or num_layers == (0, 0):
-        assert all(m.values is None for m in memories)
+        assert all(not m.values for m in memories)
     else:
         for m in memories:
-            assert tuple(len(v) for v in m.values) == num_layers
-            assert all(v.shape == (m.memory.shape[0], 2, 8) for vs in m.values for v in vs)
+            names = ("pose_decoder", "joint_decoder")
+            assert tuple(len(m.values.get(n, ())) for n in names) == num_layers
+            s = m.memory.shape[2]
+            assert all(v.shape == (1, 1, s, 2, 8) for vs in m.values.values() for v in vs)
     windows, expected = [], []
     for key in range(5):
         idx = [min(max(key + o, 0), 4) for o in (-1, 0, 1)]
@@ -292,59 +185,53 @@ def test_cached_sliding_window_equals_recomputation(switches, cache_values):
     projections: List = []
     _count_value_projections(model, projections)
     with torch.no_grad():
-        got = [model.decode(w, 1, image_sizes=[(2 * H, 2 * W)])[0] for w in windows]
-        batched = model.decode(windows, 1, image_sizes=[(2 * H, 2 * W)] * 5)
+        got = [model.decode([w], [(2 * H, 2 * W)])[0] for w in windows]
+        batched = model.decode(windows, [(2 * H, 2 * W)] * 5)
     # With the values cached, decode projects nothing; otherwise every layer once per call.
-    cached = memories[0].values is not None
+    cached = bool(memories[0].values)
     assert len(projections) == (0 if cached else 6 * sum(num_layers))
     for e, g, bt in zip(expected, got, batched):
         assert g.image_size == e.image_size == (2 * H, 2 * W)
         torch.testing.assert_close(g.pred_keypoints, e.pred_keypoints, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(g.scores, e.scores, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(bt.pred_keypoints, e.pred_keypoints, atol=1e-5, rtol=1e-5)
-    # Already-normalized tensors give the same memories as the dicts.
-    normalized = (video.float() - model.pixel_mean) / model.pixel_std
-    padded = ImageList.from_tensors(list(normalized), model.backbone.size_divisibility).tensor
-    with torch.no_grad():
-        again = model.encode_frames(padded, image_sizes=[(H, W)] * 5)
-    torch.testing.assert_close(again[2].memory, memories[2].memory, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_with_cached_values_equals_projecting_the_window():
     """T = 3, frames of two sizes (so some are padded): the cached per-frame projections give
     what projecting each window's memory gives, and decode uses them."""
-    model = _perturb(_build(_cfg((-1, 1)))).eval()
-    items = [{"image": f} for f in _frames(2, 20)]
-    items += [{"image": f} for f in _frames(2, 21, h=40, w=56)]
+    model = perturb(build(tiny_cfg((-1, 1)))).eval()
+    items = [{"image": f} for f in frames(2, 20)]
+    items += [{"image": f} for f in frames(2, 21, h=40, w=56)]
     with torch.no_grad():
         cached = model.encode_frames(items)
         plain = model.encode_frames(items, cache_values=False)
-    assert all(m.values is not None for m in cached) and all(m.values is None for m in plain)
+    assert all(m.values for m in cached) and all(not m.values for m in plain)
     assert cached[3].padding_mask.any()  # the padded tokens' projections must be zero
-    for vs in cached[3].values:
+    for vs in cached[3].values.values():
         for v in vs:
             assert not v[cached[3].padding_mask].any()
     windows = [[0, 2, 1], [3, 1, 2], [2, 2, 0]]
     projections: List = []
     _count_value_projections(model, projections)
     with torch.no_grad():
-        with_values = model.decode([[cached[i] for i in w] for w in windows], 1)
+        with_values = model.decode([[cached[i] for i in w] for w in windows])
         assert not projections
-        without = model.decode([[plain[i] for i in w] for w in windows], 1)
+        without = model.decode([[plain[i] for i in w] for w in windows])
         assert len(projections) == 4  # 2 + 2 decoder layers, once for the batch of windows
         # One frame without its projections: the whole batch projects as before.
-        mixed = model.decode([[cached[0], plain[2], cached[1]], [cached[i] for i in windows[1]]], 1)
+        mixed = model.decode([[cached[0], plain[2], cached[1]], [cached[i] for i in windows[1]]])
     assert len(projections) == 8
     for a, b in zip(with_values, without):
         assert torch.allclose(a.pred_keypoints, b.pred_keypoints, atol=1e-5)
         assert torch.allclose(a.scores, b.scores, atol=1e-5)
     assert torch.allclose(mixed[0].pred_keypoints, with_values[0].pred_keypoints, atol=1e-5)
     # Projections of another model (other layer counts) are refused, not misread.
-    other = _perturb(_build(_cfg((-1, 1), USE_STPD=False))).eval()
+    other = perturb(build(tiny_cfg((-1, 1), USE_STPD=False))).eval()
     with torch.no_grad():
         foreign = other.encode_frames(items[:1])
     with pytest.raises(ValueError, match="another model"):
-        model.decode(foreign * 3, 1)
+        model.decode([foreign * 3])
 
 
 @pytest.mark.parametrize("part", ["pose_decoder", "joint_decoder"])
@@ -352,7 +239,7 @@ def test_per_frame_projections_concatenate_to_the_window_projection(part):
     """A decoder's projections of the T frames one at a time, concatenated along the tokens,
     are the projection of the T frames' memory; handed to the decoder as ``values`` they give
     what it computes from the memory, outputs and gradients."""
-    model = _perturb(_build(_cfg((-1, 1))))
+    model = perturb(build(tiny_cfg((-1, 1))))
     decoder = getattr(model, part)
     t, b, c, l = 3, 2, 16, 4
     shapes = torch.tensor([[3, 4], [2, 2], [1, 2], [1, 1]]).repeat(t, 1)
@@ -369,21 +256,28 @@ def test_per_frame_projections_concatenate_to_the_window_projection(part):
         assert torch.allclose(torch.cat([f[j] for f in frames], 1), w, atol=1e-6)
         assert not w[mask].any()
 
-    starts = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
     ratios = 0.5 + 0.5 * torch.rand(b, t * l, 2, generator=g)
+    clip_memory = ClipMemory(
+        memory=memory.view(b, t, s, c),
+        padding_mask=mask.view(b, t, s),
+        spatial_shapes=shapes[:l],
+        level_start_index=torch.cat((shapes.new_zeros(1), shapes[:l].prod(1).cumsum(0)[:-1])),
+        valid_ratios=ratios.view(b, t, l, 2),
+        image_sizes=[(1, 1)] * b,
+    )
     if part == "pose_decoder":
         refs = 0.2 + 0.6 * torch.rand(b, t, 4, K, 2, generator=g)
         tgt = torch.randn(b, 4, c, generator=g)
 
         def run(values):
-            return decoder(tgt, refs, memory, shapes, starts, ratios, mask, 1, values=values)
+            return decoder(tgt, refs, clip_memory, 1, values=values)
 
         outputs = "poses"
     else:
         refs = 0.2 + 0.6 * torch.rand(b, t, 3, K, 2, generator=g)
 
         def run(values):
-            return decoder(refs, memory, shapes, starts, ratios, mask, 1, values=values)
+            return decoder(refs, clip_memory, 1, values=values)
 
         outputs = "joints"
     plain = run(None)
@@ -406,15 +300,15 @@ def test_per_frame_projections_concatenate_to_the_window_projection(part):
 
 
 def test_video_model_with_one_frame_is_the_image_model():
-    cfg = _cfg(())
+    cfg = tiny_cfg(())
     cfg.MODEL.VPOSE.LOSS.HEATMAP_WEIGHT = 2.0  # the auxiliary heatmap must match too
-    image_model = _perturb(_build(cfg, ImagePoseTransformer, seed=3)).eval()
-    video_model = _build(cfg, PAVENet, seed=4).eval()
+    image_model = perturb(build(cfg, ImagePoseTransformer, seed=3)).eval()
+    video_model = build(cfg, PAVENet, seed=4).eval()
     # Same parameter names by design: the state_dict loads strictly.
     assert set(image_model.state_dict()) == set(video_model.state_dict())
     video_model.load_state_dict(image_model.state_dict(), strict=True)
     assert video_model.num_frames == 1
-    inputs = [_clip(1, 0, 5), _clip(1, 0, 6, h=40, w=56)]
+    inputs = [clip(1, 0, 5), clip(1, 0, 6, h=40, w=56)]
     with torch.no_grad():
         a = image_model(inputs)
         b = video_model(inputs)
@@ -434,15 +328,15 @@ def test_video_model_with_one_frame_is_the_image_model():
 
 
 def test_heatmap_loss_is_training_only_and_reaches_the_backbone():
-    plain = _perturb(_build(_cfg(), seed=7)).eval()
-    cfg = _cfg()
+    plain = perturb(build(tiny_cfg(), seed=7)).eval()
+    cfg = tiny_cfg()
     cfg.MODEL.VPOSE.LOSS.HEATMAP_WEIGHT = 2.0
     cfg.MODEL.VPOSE.LOSS.HEATMAP_SIGMA = 1.5
-    model = _build(cfg, seed=7)
+    model = build(cfg, seed=7)
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("heatmap_head.") for k in missing) and missing
     model.eval()
-    inputs = [_clip(3, 1, 11), _clip(3, 1, 12)]
+    inputs = [clip(3, 1, 11), clip(3, 1, 12)]
     with torch.no_grad():
         a, b = plain(inputs), model(inputs)
     for ra, rb in zip(a, b):  # inference never calls the head
@@ -472,8 +366,8 @@ def test_heatmap_loss_is_training_only_and_reaches_the_backbone():
     ids=["image_only", "stpd_only", "stjd_only", "random_reference", "spatiotemporal_encoder"],
 )
 def test_ablation_switches_build_and_run(switches, present, absent):
-    cfg = _cfg((-1, 1), **switches)
-    model = _build(cfg)
+    cfg = tiny_cfg((-1, 1), **switches)
+    model = build(cfg)
     assert (model.pose_decoder is not None) == cfg.MODEL.PAVE.USE_STPD
     assert (model.joint_decoder is not None) == cfg.MODEL.PAVE.USE_STJD
     if cfg.MODEL.PAVE.SPATIOTEMPORAL_ENCODER:
@@ -481,13 +375,13 @@ def test_ablation_switches_build_and_run(switches, present, absent):
             model.encoder.layers[0].self_attn.num_levels == 3 * cfg.MODEL.VPOSE.NUM_FEATURE_LEVELS
         )
     model.train()
-    losses = model([_clip(3, 1, 0), _clip(3, 1, 1)])
+    losses = model([clip(3, 1, 0), clip(3, 1, 1)])
     assert present <= set(losses) and not (absent & set(losses))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
     with torch.no_grad():
-        out = model([_clip(3, 1, 2)])
+        out = model([clip(3, 1, 2)])
     assert out[0]["instances"].pred_keypoints.shape == (4, K, 3)
     assert torch.isfinite(out[0]["instances"].pred_keypoints).all()
 
@@ -495,13 +389,13 @@ def test_ablation_switches_build_and_run(switches, present, absent):
 def test_zero_decoder_layers_is_the_ablation_without_the_decoder():
     """MODEL.VPOSE.DEC_LAYERS=0 builds no pose decoder and trains one step, exactly as
     MODEL.PAVE.USE_STPD=False (the criterion takes the proposals as the last stage)."""
-    cfg = _cfg((-1, 1))
+    cfg = tiny_cfg((-1, 1))
     cfg.MODEL.VPOSE.DEC_LAYERS = 0
-    model = _perturb(_build(cfg)).train()
-    ablation = _perturb(_build(_cfg((-1, 1), USE_STPD=False))).train()
+    model = perturb(build(cfg)).train()
+    ablation = perturb(build(tiny_cfg((-1, 1), USE_STPD=False))).train()
     assert model.pose_decoder is None and model.joint_decoder is not None
     model.load_state_dict(ablation.state_dict(), strict=True)
-    inputs = [_clip(3, 1, 0), _clip(3, 1, 1)]
+    inputs = [clip(3, 1, 0), clip(3, 1, 1)]
     losses = model(inputs)
     assert {"loss_class_enc", "loss_rle_enc", "loss_rle_joint1"} <= set(losses)
     assert not any("dec" in name for name in losses)
@@ -519,23 +413,23 @@ def test_zero_decoder_layers_is_the_ablation_without_the_decoder():
 
 
 def test_bad_inputs_name_the_problem():
-    model = _build(_cfg((-1, 1))).eval()
+    model = build(tiny_cfg((-1, 1))).eval()
     with pytest.raises(ValueError, match="T=3"):
-        model([_clip(5, 2, 0)])
+        model([clip(5, 2, 0)])
     with pytest.raises(ValueError, match="video0.*key_index 0"):
-        model([_clip(3, 0, 0)])
+        model([clip(3, 0, 0)])
     with pytest.raises(ValueError, match="REFERENCE"):
-        _build(_cfg((-1, 1), USE_STPD=False, REFERENCE="random"))
+        build(tiny_cfg((-1, 1), USE_STPD=False, REFERENCE="random"))
     with pytest.raises(ValueError, match="not one of"):
-        _build(_cfg((-1, 1), REFERENCE="learned"))
-    memories = model.encode_frames([{"image": f} for f in _frames(2, 0)])
+        build(tiny_cfg((-1, 1), REFERENCE="learned"))
+    memories = model.encode_frames([{"image": f} for f in frames(2, 0)])
     with pytest.raises(ValueError, match="T=3"):
-        model.decode(memories, 1)
+        model.decode([memories])
     with pytest.raises(ValueError, match="frame 1"):
-        model.encode_frames([{"image": _frames(1, 0)[0]}, {"image": None}])
+        model.encode_frames([{"image": frames(1, 0)[0]}, {"image": None}])
     # A still image is a clip that does not move.
-    still = {"image": _frames(1, 0)[0], "height": H, "width": W}
-    moving = {"image": _frames(1, 0).expand(3, -1, -1, -1), "key_index": 1, "height": H, "width": W}
+    still = {"image": frames(1, 0)[0], "height": H, "width": W}
+    moving = {"image": frames(1, 0).expand(3, -1, -1, -1), "key_index": 1, "height": H, "width": W}
     with torch.no_grad():
         a, b = model([still])[0]["instances"], model([moving])[0]["instances"]
     torch.testing.assert_close(a.pred_keypoints, b.pred_keypoints)
@@ -552,7 +446,7 @@ def test_bad_inputs_name_the_problem():
     ],
 )
 def test_configs_schedule_and_clip(name, frames, key):
-    from vpose_d2.modeling.meta_arch.pave_net import clip_offsets
+    from vpose_d2.data.clip import clip_offsets
 
     cfg = get_vpose_cfg()
     merge_config_file(cfg, str(CONFIG_DIR / name))
@@ -596,14 +490,14 @@ def test_video_predictor_streams_pave_net():
 
     from vpose_d2.engine.predictor import VideoPosePredictor
 
-    cfg = _cfg((-1, 1))
+    cfg = tiny_cfg((-1, 1))
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = H, W
-    model = _perturb(_build(cfg)).eval()
-    frames = [f.permute(1, 2, 0).numpy() for f in _frames(3, 8)]
+    model = perturb(build(cfg)).eval()
+    video = [f.permute(1, 2, 0).numpy() for f in frames(3, 8)]
     streaming = VideoPosePredictor(cfg, model=model)
     assert streaming.streaming and streaming.window_size == 3
-    got = streaming.predict_video(frames)
-    expected = VideoPosePredictor(cfg, cache=False, model=model).predict_video(frames)
+    got = streaming.predict_video(video)
+    expected = VideoPosePredictor(cfg, cache=False, model=model).predict_video(video)
     assert len(got) == len(expected) == 3
     for g, e in zip(got, expected):
         assert g.image_size == (H, W)

@@ -15,6 +15,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 from fvcore.transforms.transform import HFlipTransform, Transform
 
+from .clip import clip_offsets, window_indices
 from .keypoints import flip_indices
 
 __all__ = [
@@ -174,8 +175,7 @@ class ClipDatasetMapper:
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
-        self.offsets = sorted(set(int(o) for o in offsets) | {0})
-        self.key_index = self.offsets.index(0)
+        self.offsets, self.key_index = clip_offsets(offsets)
         self.num_keypoints = len(keypoint_names)
         self.flip_indices = flip_indices(keypoint_names, keypoint_flip_map)
         self.pseudo_video = pseudo_video
@@ -328,7 +328,7 @@ class ClipDatasetMapper:
         n = len(frames)
         if not 0 <= key < n:
             raise IndexError(f"video {video['video_id']!r}: key frame {key} outside 0..{n - 1}")
-        idxs = [min(max(key + o, 0), n - 1) for o in self.offsets]
+        idxs = window_indices(key, self.offsets, n)
         cache: Dict[int, np.ndarray] = {}
         images, anns, labeled = [], [], []
         for i in idxs:

@@ -6,14 +6,14 @@ to ``INPUT.FORMAT``), but for video: a sliding window of ``T = 1 + len(INPUT.CLI
 frames around every key frame. Neighbours beyond the ends of the video repeat the edge frame,
 exactly as the clip mapper builds training clips.
 
-A model that exposes ``encode_frames`` / ``decode`` (``PAVENet``) runs the spatial encoder on
-each frame ONCE; the window holds per-frame encoder memories and only the decoders run per
-key frame ("streaming"). ``cache=False`` instead recomputes the whole clip through the model's
+Every model runs through one interface (:class:`vpose_d2.modeling.meta_arch.PoseModelBase`):
+``encode_frames`` does the per-frame work ONCE per frame (backbone, spatial encoder, and each
+frame's value projections for the decoders unless ``value_cache=False``), the window holds
+those per-frame entries, and ``decode`` runs only the per-window stages for each key frame
+("streaming"). ``cache=False`` instead recomputes the whole clip through the model's
 ``forward`` for every key frame ("windowed recomputation": T encoder passes per output frame),
-the reference the streaming path must reproduce. Streaming also caches each frame's projections
-for the decoders' attentions (``PAVENet.encode_frames``' ``cache_values``, on unless
-``value_cache=False``), so a window projects nothing the previous window already projected.
-Any other model (``ImagePoseTransformer``) sees one frame at a time.
+the reference the streaming path must reproduce. The window's frame order is the model's
+``frame_offsets``.
 
 Memory stays bounded: only the frames the current and the next window need are kept.
 """
@@ -29,25 +29,13 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from vpose_d2.data.clip import clip_offsets, window_indices
+
 from .trainer import StrictShapeCheckpointer
 
-__all__ = ["VideoPosePredictor", "window_indices"]
+__all__ = ["VideoPosePredictor"]
 
 logger = logging.getLogger(__name__)
-
-
-def window_indices(key: int, offsets: Sequence[int], num_frames: int) -> List[int]:
-    """Frame indices of the window around ``key``, edge frames repeated at both ends.
-
-    Args:
-        key: index of the key frame in the video (0-based).
-        offsets: the window's offsets relative to the key frame, in window order (0 included).
-        num_frames: number of frames of the video, or a large number while its end is unknown.
-
-    Returns:
-        ``len(offsets)`` indices, each clamped to ``[0, num_frames - 1]``.
-    """
-    return [min(max(key + o, 0), num_frames - 1) for o in offsets]
 
 
 class VideoPosePredictor:
@@ -82,8 +70,8 @@ class VideoPosePredictor:
         """
         Args:
             cfg: a config with vpose_d2's keys (``add_vpose_config``).
-            cache: encode each frame once and keep the window's encoder memories (models with
-                ``encode_frames`` / ``decode``); False recomputes every window from pixels.
+            cache: encode each frame once and keep the window's per-frame entries; False
+                recomputes every window from pixels through ``forward``.
             model: use this model (already built, weights loaded) instead of building one from
                 ``cfg`` and loading ``cfg.MODEL.WEIGHTS``; for tests and the benchmark.
             value_cache: with ``cache``, also keep each frame's per-layer value projections
@@ -94,7 +82,7 @@ class VideoPosePredictor:
         if model is None:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
-                strict = bool(self.cfg.MODEL.get("WEIGHTS_STRICT_SHAPES", True))
+                strict = self.cfg.MODEL.WEIGHTS_STRICT_SHAPES
                 StrictShapeCheckpointer(model, strict_shapes=strict).load(self.cfg.MODEL.WEIGHTS)
             else:
                 logger.warning("MODEL.WEIGHTS is empty: predicting with random weights.")
@@ -110,22 +98,16 @@ class VideoPosePredictor:
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
 
-        is_video_model = hasattr(self.model, "encode_frames") and hasattr(self.model, "decode")
-        if is_video_model:
-            # The model's frame order: the offsets sorted with the key frame (0) among them,
-            # the order the clip mapper stacks training clips in.
-            self.offsets = sorted(set(int(o) for o in self.cfg.INPUT.CLIP.OFFSETS) | {0})
-        else:
-            self.offsets = [0]
+        # The window is the model's clip: its frame order, checked against the config.
+        self.offsets = list(self.model.frame_offsets)
         self.key_index = self.offsets.index(0)
-        for attr, mine in (("num_frames", len(self.offsets)), ("key_index", self.key_index)):
-            theirs = getattr(self.model, attr, None) if is_video_model else None
-            if isinstance(theirs, int) and theirs != mine:
-                raise ValueError(
-                    f"INPUT.CLIP.OFFSETS {list(self.cfg.INPUT.CLIP.OFFSETS)} give {attr} "
-                    f"{mine}, but the model was built with {attr} {theirs}"
-                )
-        self.streaming = bool(cache) and is_video_model
+        if self.offsets != [0] and self.offsets != clip_offsets(self.cfg.INPUT.CLIP.OFFSETS)[0]:
+            raise ValueError(
+                f"INPUT.CLIP.OFFSETS {list(self.cfg.INPUT.CLIP.OFFSETS)} give the clip "
+                f"{clip_offsets(self.cfg.INPUT.CLIP.OFFSETS)[0]}, but the model was built for "
+                f"{self.offsets}"
+            )
+        self.streaming = bool(cache)
         self.value_cache = bool(value_cache)
         self._past = -self.offsets[0]
         self._future = self.offsets[-1]
@@ -169,17 +151,14 @@ class VideoPosePredictor:
         """What the window keeps for a frame: its encoder memory, or its pixels."""
         if not self.streaming:
             return item
-        if self.value_cache:
-            # Plain call: models that take no ``cache_values`` keep working.
-            return self.model.encode_frames([item])[0]
-        return self.model.encode_frames([item], cache_values=False)[0]
+        return self.model.encode_frames([item], cache_values=self.value_cache)[0]
 
     @torch.no_grad()
     def _predict_key(self, key: int, window: List[Any], key_item: Dict[str, Any]) -> Instances:
         """Poses in the key frame from the window's T cached entries."""
         height, width = key_item["height"], key_item["width"]
         if self.streaming:
-            instances = self.model.decode(window, self.key_index, image_sizes=[(height, width)])[0]
+            instances = self.model.decode([window], output_sizes=[(height, width)])[0]
         else:
             clip = {
                 "image": torch.stack([w["image"] for w in window]),

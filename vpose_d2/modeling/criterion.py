@@ -172,13 +172,20 @@ class PoseSetCriterion(nn.Module):
         }
 
     def forward(
-        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
+        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]], prefix: str = ""
     ) -> Dict[str, torch.Tensor]:
-        """Returns a dict of weighted scalar losses (``loss_<term>_<stage>``)."""
+        """Returns a dict of weighted scalar losses (``loss_<term>_<prefix><stage>``).
+
+        Args:
+            outputs: the stages, as in the class docstring.
+            targets: the matcher's dicts, one per image.
+            prefix: prepended to every stage name, so that a model supervising two sets of
+                decoder layers (VEPE's spatial and temporal stages) keeps their losses apart.
+        """
         device = self._device(outputs)
         # The flow's log-density and the focal terms need float32 even under AMP.
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._losses(outputs, targets, device)
+            return self._losses(outputs, targets, device, prefix)
 
     @staticmethod
     def _device(outputs: Dict) -> torch.device:
@@ -192,12 +199,17 @@ class PoseSetCriterion(nn.Module):
         raise ValueError("PoseSetCriterion: the outputs hold no proposals, pose or joint layers")
 
     def _losses(
-        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]], device: torch.device
+        self,
+        outputs: Dict,
+        targets: List[Dict[str, torch.Tensor]],
+        device: torch.device,
+        prefix: str,
     ) -> Dict[str, torch.Tensor]:
         n = self.num_persons(targets, device)
         losses: Dict[str, torch.Tensor] = {}
 
         def add(tag: str, stage: Dict, indices: Indices, valid=None, kind="pose", cls=True):
+            tag = prefix + tag
             if cls:
                 losses[f"loss_class_{tag}"] = self.loss_class(stage["logits"], indices, n, valid)
             mu = stage["poses"] if "poses" in stage else stage["joints"]

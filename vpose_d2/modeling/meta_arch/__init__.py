@@ -1,6 +1,8 @@
-"""Meta-architectures (registered in META_ARCH_REGISTRY on import)."""
+"""Meta-architectures (registered in META_ARCH_REGISTRY on import): small siblings over
+:class:`PoseModelBase`."""
 
-from .image_pose_transformer import ImagePoseTransformer, resolve_keypoint_meta
-from .pave_net import FrameMemory, PAVENet
+from .base import PoseModelBase, resolve_keypoint_meta
+from .image_pose_transformer import ImagePoseTransformer
+from .pave_net import PAVENet
 
-__all__ = ["FrameMemory", "ImagePoseTransformer", "PAVENet", "resolve_keypoint_meta"]
+__all__ = ["ImagePoseTransformer", "PAVENet", "PoseModelBase", "resolve_keypoint_meta"]

@@ -6,6 +6,7 @@ from .frame_attention import PointDeformableAttention, PoseAwareDeformableAttent
 from .joint_decoder import JointDecoder, JointDecoderLayer
 from .pose_decoder import PoseDecoder, PoseDecoderLayer
 from .proposal import PoseProposalHead
+from .spatiotemporal_encoder import SpatiotemporalEncoder
 from .utils import (
     flatten_levels,
     inverse_sigmoid,

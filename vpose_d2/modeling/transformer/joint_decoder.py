@@ -14,6 +14,7 @@ from torch import nn
 from vpose_d2.layers.mlp import MLP
 from vpose_d2.layers.position_encoding import sine_embed_points
 
+from ..clip_memory import ClipMemory
 from .decoder_layer import DeformableDecoderLayer, ProjectValuesMixin
 from .frame_attention import PointDeformableAttention
 from .utils import next_references, refine_per_frame
@@ -101,6 +102,7 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
         num_keypoints: int,
         num_frames: int = 1,
         attn_impl: str = "auto",
+        neighbour_reference_grad: bool = False,
     ):
         """
         Args:
@@ -110,14 +112,15 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
             num_keypoints: joints K (one learned query each, shared by all persons).
             num_frames: frames T attended.
             attn_impl: forwarded to ``ms_deform_attn``.
+            neighbour_reference_grad: neighbour frames' refined joints keep their gradient into
+                the next layer's sampling locations (see :func:`next_references`); it also
+                applies to the pose decoder's poses that become this decoder's references.
         """
         super().__init__()
         self.num_layers = num_layers
         self.num_keypoints = num_keypoints
         self.num_frames = num_frames
-        # PAVE-Net sets this (see next_references); it also applies to the pose decoder's
-        # poses that become this decoder's references (ImagePoseTransformer.run_joint_decoder).
-        self.neighbour_reference_grad = False
+        self.neighbour_reference_grad = neighbour_reference_grad
         self.embed_dim = embed_dim
         self.joint_embed = nn.Embedding(num_keypoints, embed_dim)
         self.query_pos_head = MLP(embed_dim, embed_dim, embed_dim, 2)
@@ -141,9 +144,12 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
         self.sigma_heads = nn.ModuleList(nn.Linear(embed_dim, 2) for _ in range(num_layers))
 
     @classmethod
-    def from_config(cls, cfg, num_keypoints: int, num_frames: int = 1) -> Dict:
+    def from_config(
+        cls, cfg, num_keypoints: int, num_frames: int = 1, neighbour_reference_grad: bool = False
+    ) -> Dict:
         v = cfg.MODEL.VPOSE
         return {
+            "neighbour_reference_grad": neighbour_reference_grad,
             "num_layers": v.JOINT_DEC_LAYERS,
             "embed_dim": v.HIDDEN_DIM,
             "num_heads": v.NHEADS,
@@ -159,11 +165,7 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
     def forward(
         self,
         reference_joints: torch.Tensor,
-        memory: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        valid_ratios: torch.Tensor,
-        memory_padding_mask: Optional[torch.Tensor] = None,
+        memory: ClipMemory,
         key_index: int = 0,
         values: Optional[Sequence[torch.Tensor]] = None,
     ) -> List[Dict[str, torch.Tensor]]:
@@ -171,8 +173,7 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
         Args:
             reference_joints: (B, T, P, K, 2) per-frame keypoints of P persons per image (the
                 pose decoder's output, detached by the caller).
-            memory: (B, T * S, C); spatial_shapes (T * L, 2); level_start_index (T * L,);
-            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) or None.
+            memory: the T frames' encoded memory (B, T, S, C), sampled in one call per layer.
             key_index: position of the key frame on the T axis.
             values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of ``memory``
                 (or the frames' projections concatenated along S), which the layers then
@@ -193,6 +194,11 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
             raise ValueError(
                 f"JointDecoder: {len(values)} projected values for {self.num_layers} layers"
             )
+        if memory.num_frames != t:
+            raise ValueError(
+                f"JointDecoder: {t} frames of references, memory of {memory.num_frames}"
+            )
+        flat = memory.flatten_time()
         tgt = self.joint_embed.weight.view(1, 1, k, -1).expand(b, p, k, -1)
         refs = reference_joints
         outputs = []
@@ -203,11 +209,11 @@ class JointDecoder(ProjectValuesMixin, nn.Module):
                 tgt,
                 query_pos,
                 refs,
-                memory,
-                spatial_shapes,
-                level_start_index,
-                valid_ratios,
-                memory_padding_mask,
+                flat["memory"],
+                flat["spatial_shapes"],
+                flat["level_start_index"],
+                flat["valid_ratios"],
+                flat["padding_mask"],
                 None if values is None else values[i],
             )
             joints = refine_per_frame(refs, tgt, self.refine[i])

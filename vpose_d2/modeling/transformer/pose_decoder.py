@@ -14,6 +14,7 @@ from torch import nn
 
 from vpose_d2.layers.mlp import MLP
 
+from ..clip_memory import ClipMemory
 from .decoder_layer import DeformableDecoderLayer, ProjectValuesMixin
 from .frame_attention import PoseAwareDeformableAttention
 from .utils import bias_init_with_prob, next_references, refine_per_frame
@@ -80,6 +81,7 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
         refine_num_layers: int = 4,
         prior_prob: float = 0.01,
         attn_impl: str = "auto",
+        neighbour_reference_grad: bool = False,
     ):
         """
         Args:
@@ -91,13 +93,14 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
                 256 -> 512 -> 512 -> 512 -> 2K, i.e. 512 and 4 layers).
             prior_prob: initial foreground probability of the class heads.
             attn_impl: forwarded to ``ms_deform_attn``.
+            neighbour_reference_grad: neighbour frames' refined poses keep their gradient into
+                the next layer's sampling locations (see :func:`next_references`).
         """
         super().__init__()
         self.num_layers = num_layers
         self.num_keypoints = num_keypoints
         self.num_frames = num_frames
-        # PAVE-Net sets this (see next_references).
-        self.neighbour_reference_grad = False
+        self.neighbour_reference_grad = neighbour_reference_grad
         self.layers = nn.ModuleList(
             PoseDecoderLayer(
                 embed_dim=embed_dim,
@@ -130,10 +133,18 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
         self.query_pos_head = MLP(2 * num_keypoints, embed_dim, embed_dim, 2)
 
     @classmethod
-    def from_config(cls, cfg, num_keypoints: int, num_frames: int = 1) -> Dict:
+    def from_config(
+        cls,
+        cfg,
+        num_keypoints: int,
+        num_frames: int = 1,
+        neighbour_reference_grad: bool = False,
+        num_layers: Optional[int] = None,
+    ) -> Dict:
         v = cfg.MODEL.VPOSE
         return {
-            "num_layers": v.DEC_LAYERS,
+            "num_layers": v.DEC_LAYERS if num_layers is None else num_layers,
+            "neighbour_reference_grad": neighbour_reference_grad,
             "embed_dim": v.HIDDEN_DIM,
             "num_heads": v.NHEADS,
             "dim_feedforward": v.DIM_FEEDFORWARD,
@@ -151,11 +162,7 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
         self,
         tgt: torch.Tensor,
         reference_poses: torch.Tensor,
-        memory: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        valid_ratios: torch.Tensor,
-        memory_padding_mask: Optional[torch.Tensor] = None,
+        memory: ClipMemory,
         key_index: int = 0,
         values: Optional[Sequence[torch.Tensor]] = None,
     ) -> List[Dict[str, torch.Tensor]]:
@@ -164,12 +171,11 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
             tgt: (B, N, C) initial query content (from the proposals).
             reference_poses: (B, T, N, K, 2) initial references in [0, 1] (for PAVE-Net every
                 frame starts from the key-frame proposal); detached by the caller.
-            memory: (B, T * S, C) the T frames' encoder memories concatenated along S.
-            spatial_shapes: (T * L, 2) int64; level_start_index: (T * L,) int64.
-            valid_ratios: (B, T * L, 2); memory_padding_mask: (B, T * S) bool or None.
+            memory: the T frames' encoded memory (B, T, S, C); every layer samples all T
+                frames in one call (:meth:`ClipMemory.flatten_time`).
             key_index: position of the key frame on the T axis.
-            values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of ``memory``
-                (or the frames' projections concatenated along S), which the layers then
+            values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of the flat
+                memory (or the frames' projections concatenated along S), which the layers then
                 sample instead of projecting ``memory``; None projects it in every layer.
 
         Returns:
@@ -189,6 +195,11 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
             raise ValueError(
                 f"PoseDecoder: {len(values)} projected values for {self.num_layers} layers"
             )
+        if memory.num_frames != t:
+            raise ValueError(
+                f"PoseDecoder: {t} frames of references, memory of {memory.num_frames}"
+            )
+        flat = memory.flatten_time()
         outputs = []
         refs = reference_poses
         for i, layer in enumerate(self.layers):
@@ -197,11 +208,11 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
                 tgt,
                 query_pos,
                 refs,
-                memory,
-                spatial_shapes,
-                level_start_index,
-                valid_ratios,
-                memory_padding_mask,
+                flat["memory"],
+                flat["spatial_shapes"],
+                flat["level_start_index"],
+                flat["valid_ratios"],
+                flat["padding_mask"],
                 None if values is None else values[i],
             )
             poses = refine_per_frame(refs, tgt, self.refine[i])

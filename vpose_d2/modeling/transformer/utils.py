@@ -118,10 +118,3 @@ def pose_half_size(poses: torch.Tensor, min_size: float = 1e-2) -> torch.Tensor:
     """
     extent = poses.amax(-2) - poses.amin(-2)
     return (0.5 * extent).clamp(min=min_size)
-
-
-def xavier_linear(layer: nn.Linear) -> nn.Linear:
-    """Xavier-uniform weights and zero bias (the DETR family's default)."""
-    nn.init.xavier_uniform_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
