@@ -15,7 +15,8 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from vpose_d2.config import get_vpose_cfg
-from vpose_d2.engine.predictor import VideoPosePredictor, window_indices
+from vpose_d2.data.clip import clip_offsets, window_indices
+from vpose_d2.engine.predictor import VideoPosePredictor
 
 
 def test_window_indices_repeat_edges():
@@ -33,8 +34,9 @@ class _FrameIdModel(nn.Module):
     that value; every output carries the window's frame values as its keypoint x.
     """
 
-    def __init__(self):
+    def __init__(self, offsets=(0,)):
         super().__init__()
+        self.frame_offsets = clip_offsets(offsets)[0]
         self.encoded: List[int] = []
         self.alive = 0
         self.max_alive = 0
@@ -48,7 +50,7 @@ class _FrameIdModel(nn.Module):
         def __del__(self):
             self.owner.alive -= 1
 
-    def encode_frames(self, frames: List[Dict]) -> List["_FrameIdModel.Memory"]:
+    def encode_frames(self, frames: List[Dict], cache_values=True) -> List["_FrameIdModel.Memory"]:
         values = [int(f["image"][0, 0, 0]) for f in frames]
         self.encoded.extend(values)
         return [self.Memory(self, v) for v in values]
@@ -64,9 +66,10 @@ class _FrameIdModel(nn.Module):
         inst.pred_classes = torch.zeros(1, dtype=torch.int64)
         return inst
 
-    def decode(self, memories, key_index, image_sizes):
-        ((height, width),) = image_sizes
-        return [self._instances([m.value for m in memories], key_index, height, width)]
+    def decode(self, windows, output_sizes):
+        ((height, width),) = output_sizes
+        key_index = self.frame_offsets.index(0)
+        return [self._instances([m.value for m in windows[0]], key_index, height, width)]
 
     def forward(self, clips):
         out = []
@@ -101,7 +104,7 @@ def _video(n: int, height: int = 12, width: int = 20) -> List[np.ndarray]:
 @pytest.mark.parametrize("num_frames", [1, 2, 7])
 @pytest.mark.parametrize("cache", [True, False])
 def test_windows_match_the_clip_mapper(offsets, num_frames, cache):
-    model = _FrameIdModel()
+    model = _FrameIdModel(offsets)
     predictor = VideoPosePredictor(_cfg(offsets), model=model, cache=cache)
     order = sorted(set(offsets) | {0})
     assert predictor.offsets == order and predictor.window_size == len(order)
@@ -125,7 +128,7 @@ def test_windows_match_the_clip_mapper(offsets, num_frames, cache):
 
 
 def test_grad_mode_does_not_leak_between_frames():
-    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel([-1, 1]))
     stream = predictor(_video(4))
     next(stream)
     assert torch.is_grad_enabled()  # the caller's code between frames keeps its grad mode
@@ -133,18 +136,15 @@ def test_grad_mode_does_not_leak_between_frames():
 
 
 def test_image_model_window_is_one_frame():
-    class _ImageModel(nn.Module):  # no encode_frames / decode: not a video model
-        _instances = _FrameIdModel._instances
-        forward = _FrameIdModel.forward
-
-    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_ImageModel())
-    assert predictor.window_size == 1 and not predictor.streaming
+    # An image model's clip is its key frame, whatever INPUT.CLIP.OFFSETS says.
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
+    assert predictor.window_size == 1 and predictor.streaming
     results = list(predictor(_video(3)))
     assert [inst.pred_keypoints[0, 0, 0].item() for _, inst in results] == [0.0, 1.0, 2.0]
 
 
 def test_bad_frames_raise_naming_the_frame():
-    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
+    predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel([-1, 1]))
     frames = _video(3)
     frames[1] = np.zeros((12, 20), dtype=np.uint8)
     with pytest.raises(ValueError, match="Frame 1"):
@@ -217,8 +217,8 @@ def test_pave_output_depends_on_the_neighbours(pave_model_cfg, synthetic_video):
     items = [predictor.preprocess(f, i) for i, f in enumerate(synthetic_video[:3])]
     with torch.no_grad():
         memories = model.encode_frames(items)
-        real = model.decode(memories, predictor.key_index)[0]
-        still = model.decode([memories[1]] * 3, predictor.key_index)[0]
+        real = model.decode([memories])[0]
+        still = model.decode([[memories[1]] * 3])[0]
     assert not torch.allclose(real.pred_keypoints, still.pred_keypoints, atol=1e-3)
 
 
@@ -260,8 +260,8 @@ def test_pave_streaming_equals_windowed_recomputation(
     assert sum(encoded) == num_frames  # every frame through the spatial encoder once
     # With the value cache each frame's S tokens are projected once per decoder layer (1 + 1
     # here), when encoded; without it every window projects its T * S tokens in every layer.
-    assert all((m.values is not None) == value_cache for m in memories)
-    s = memories[0].memory.shape[0]
+    assert all(bool(m.values) == value_cache for m in memories)
+    s = memories[0].memory.shape[2]
     assert sum(projections) == 2 * num_frames * s * (1 if value_cache else 3)
     window = list(windowed(frames))
     assert [i for i, _ in stream] == [i for i, _ in window] == list(range(num_frames))

@@ -206,7 +206,7 @@ class _StreamedFrameToTensors(torch.nn.Module):
         # The newest frame closes the window (key + largest offset); the others were encoded
         # and projected when they arrived.
         window = [self.cached] * (self.num_frames - 1) + [newest]
-        instances = self.model.decode(window, self.key_index, image_sizes=[self.size])[0]
+        instances = self.model.decode([window], [self.size])[0]
         return instances.pred_keypoints, instances.scores
 
 
@@ -587,8 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         start = time.perf_counter()
         with torch.no_grad():
             flops = count_flops(model, clip)
-            if hasattr(model, "encode_frames"):
-                streamed = count_streamed_flops(model, clip)
+            streamed = count_streamed_flops(model, clip)
         logger.info("FLOP count took %.1f s", time.perf_counter() - start)
     print_cost_table(
         params,

@@ -210,7 +210,7 @@ class ClipDatasetMapper:
             "offsets": list(cfg.INPUT.CLIP.OFFSETS),
             "keypoint_names": list(kp_names),
             "keypoint_flip_map": list(metas[0].get("keypoint_flip_map", [])),
-            "pseudo_video": bool(cfg.INPUT.CLIP.get("PSEUDO_VIDEO", True)),
+            "pseudo_video": cfg.INPUT.CLIP.PSEUDO_VIDEO,
             "pseudo_video_max_rotation": int(cfg.INPUT.CLIP.PSEUDO_VIDEO_MAX_ROTATION),
         }
 
