@@ -80,17 +80,25 @@ def register_from_cfg(cfg) -> None:
         register_synthetic_posetrack(root, generate_if_missing=True)
 
 
-def get_video_records(names: Sequence[str]) -> List[Dict[str, Any]]:
-    """Video records of the named datasets, concatenated, with a clear error for unknown names."""
+def check_registered(names: Sequence[str], key: str = "DATASETS") -> None:
+    """Raise a KeyError naming the config key and the dataset when a name is not registered."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            raise KeyError(
+                f"{key}: dataset '{name}' is not registered. Registered datasets: "
+                f"{', '.join(sorted(registered))}. (`import vpose_d2` registers the project's "
+                f"sets ({', '.join(sorted(VPOSE_DATASET_NAMES))}); the synthetic ones live "
+                "under DATASETS.SYNTHETIC_ROOT.)"
+            )
+
+
+def get_video_records(names: Sequence[str], key: str = "DATASETS") -> List[Dict[str, Any]]:
+    """Video records of the named datasets, concatenated, with a clear error for unknown names
+    (``key``: the config key they came from)."""
     if isinstance(names, str):
         names = [names]
-    registered = set(DatasetCatalog.list())
-    for n in names:
-        if n not in registered:
-            raise KeyError(
-                f"dataset {n!r} is not registered; vpose_d2 datasets: "
-                f"{', '.join(sorted(VPOSE_DATASET_NAMES))}"
-            )
+    check_registered(names, key)
     records: List[Dict[str, Any]] = []
     for n in names:
         recs = DatasetCatalog.get(n)
@@ -113,7 +121,9 @@ def build_clip_train_loader(cfg, mapper: Optional[ClipDatasetMapper] = None):
     """
     register_from_cfg(cfg)
     names = list(cfg.DATASETS.TRAIN)
-    dataset = ClipSampleDataset(get_video_records(names), cfg.INPUT.CLIP.LABELED_ONLY)
+    dataset = ClipSampleDataset(
+        get_video_records(names, "DATASETS.TRAIN"), cfg.INPUT.CLIP.LABELED_ONLY
+    )
     if len(dataset) == 0:
         raise ValueError(f"datasets {names} have no labeled frames to train on")
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
@@ -136,7 +146,9 @@ def build_clip_test_loader(cfg, dataset_name: str, mapper: Optional[ClipDatasetM
         Detectron2's test loader yielding lists of one clip.
     """
     register_from_cfg(cfg)
-    dataset = ClipSampleDataset(get_video_records([dataset_name]), labeled_only=True)
+    dataset = ClipSampleDataset(
+        get_video_records([dataset_name], "DATASETS.TEST"), labeled_only=True
+    )
     if mapper is None:
         mapper = ClipDatasetMapper(cfg, False, dataset_names=[dataset_name])
     return build_detection_test_loader(

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -31,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.build import build_clip_test_loader, build_clip_train_loader
+from ..data.build import build_clip_test_loader, build_clip_train_loader, check_registered
 from ..evaluation import COCOKeypointEvaluator, PoseTrackEvaluator
 from .optim import build_vpose_optimizer
 
@@ -141,17 +141,6 @@ def _create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
-def _check_registered(names: Sequence[str], key: str) -> None:
-    registered = DatasetCatalog.list()
-    for name in names:
-        if name not in registered:
-            raise KeyError(
-                f"{key}: dataset '{name}' is not registered. Registered datasets: "
-                f"{', '.join(sorted(registered))}. (`import vpose_d2` registers the project's "
-                "sets; the synthetic ones live under DATASETS.SYNTHETIC_ROOT.)"
-            )
-
-
 class VPoseTrainer(DefaultTrainer):
     """DefaultTrainer for clip-based pose transformers (see the module docstring)."""
 
@@ -208,19 +197,17 @@ class VPoseTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        _check_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         return build_clip_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        _check_registered([dataset_name], "DATASETS.TEST")
         return build_clip_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
-        _check_registered([dataset_name], "DATASETS.TEST")
+        check_registered([dataset_name], "DATASETS.TEST")
         output_folder = output_folder or f"{cfg.OUTPUT_DIR}/inference/{dataset_name}"
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "posetrack":
