@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     progress = tqdm.tqdm(total=source.num_frames, desc=source.name, unit="frame")
     try:
-        for frame_index, instances in predictor(remember(source)):
+        for frame_index, _, instances in predictor(remember(source)):
             # Results come in frame order, so the oldest frame held is this one.
             frame = frames.popleft()
             sink.write(
