@@ -42,9 +42,10 @@ def check_output_dir(path: str) -> Path:
     built or frame read, so a bad ``--output`` fails at once and says why."""
     output = Path(path)
     existing = next((p for p in (output, *output.parents) if p.exists()), None)
+    if existing == output and not output.is_dir():
+        raise InputError(f"Output folder '{output}' is a file, not a folder")
     if existing is not None and not existing.is_dir():
-        what = "is a file" if existing == output else f"is under '{existing}', a file"
-        raise InputError(f"Output folder '{output}' {what}, not a folder")
+        raise InputError(f"Cannot make the output folder '{output}': '{existing}' is a file")
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output):  # the one sure test: write a file there

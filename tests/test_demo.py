@@ -190,9 +190,9 @@ def test_output_under_a_regular_file_fails_before_the_model(
 ):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
-    with pytest.raises(demo.InputError, match=r"'.*notes\.txt/out'.*under '.*notes\.txt', a file"):
+    with pytest.raises(demo.InputError, match=r"'.*notes\.txt/out': '.*notes\.txt' is a file"):
         _run(demo, synthetic_folder, a_file / "out")
-    with pytest.raises(demo.InputError, match=r"'.*notes\.txt' is a file"):
+    with pytest.raises(demo.InputError, match=r"'.*notes\.txt' is a file, not a folder"):
         _run(demo, synthetic_folder, a_file)
 
 
