@@ -1,4 +1,4 @@
-"""PoseTrack / COCO loaders on the real fixtures in ../shared/data, and their error messages."""
+"""PoseTrack / COCO loaders on the real fixtures (``shared_data``), and their error messages."""
 
 import vpose_d2  # noqa: F401  isort: skip  (compat must run before detectron2)
 

@@ -1,18 +1,21 @@
 """demo/video_demo.py end to end: a synthetic frame folder, the real PoseTrack clip (frames and
-mp4), and unreadable input. A tiny randomly initialised model is enough for the mechanics."""
+mp4), unreadable input and unwritable output, and the model's track ids in the json. A tiny
+randomly initialised model is enough for the mechanics."""
 
+import errno
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_CLIP = SHARED_DATA / "posetrack18" / "videos" / "000001_mpiinew_test"
 
 # A tiny model on top of the CPU quick config: random weights, few queries, small input.
 TINY_OPTS = [
@@ -114,19 +117,21 @@ def test_demo_on_a_synthetic_folder(demo, synthetic_folder, tmp_path):
     assert 0.0 <= res["Total"] <= 100.0
 
 
-@pytest.mark.skipif(not REAL_CLIP.is_dir(), reason=f"real fixture clip absent: {REAL_CLIP}")
-def test_demo_on_the_real_clip_frames_and_mp4(demo, tmp_path):
+def test_demo_on_the_real_clip_frames_and_mp4(demo, shared_data, tmp_path):
+    real_clip = shared_data / "posetrack18" / "videos" / "000001_mpiinew_test"
+    if not real_clip.is_dir():
+        pytest.skip(f"real fixture clip absent: {real_clip}")
     frames_dir = tmp_path / "000001_mpiinew_test"
     frames_dir.mkdir()
-    for jpg in sorted(REAL_CLIP.glob("*.jpg")):  # the folder also holds the mp4
+    for jpg in sorted(real_clip.glob("*.jpg")):  # the folder also holds the mp4
         shutil.copy(jpg, frames_dir / jpg.name)
-    first = cv2.imread(str(REAL_CLIP / "000000.jpg"))
+    first = cv2.imread(str(real_clip / "000000.jpg"))
     result = _run(demo, frames_dir, tmp_path / "frames")
     data = _check_outputs(result, 5, first.shape[:2])
     # PoseTrack ids: 1 + 6-digit video number + 4-digit frame index.
     assert data["images"][0]["id"] == 10000010000
 
-    video = REAL_CLIP / "000001_mpiinew_test.mp4"
+    video = real_clip / "000001_mpiinew_test.mp4"
     capture = cv2.VideoCapture(str(video))
     n, size = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture.read()[1].shape[:2]
     capture.release()
@@ -160,32 +165,134 @@ def test_unreadable_input_names_the_path(demo, tmp_path):
     with pytest.raises(demo.InputError, match=r"Frame 1 .*000001\.jpg"):
         _run(demo, folder, tmp_path / "out")
 
-    cv2.imwrite(str(folder / "000001.jpg"), np.full((48, 64, 3), 127, dtype=np.uint8))
-    with pytest.raises(demo.InputError, match=r"'.*clip'.*Frame 1"):
+
+def test_frame_size_change_names_the_file(demo, tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, height in enumerate((64, 64, 48)):
+        cv2.imwrite(str(folder / f"{i:06d}.jpg"), np.full((height, 64, 3), 127, dtype=np.uint8))
+    with pytest.raises(demo.InputError, match=r"Frame 2 of .*clip.*000002\.jpg.* 64x48"):
         _run(demo, folder, tmp_path / "out")
 
 
-@pytest.mark.parametrize("renderer", ["cv2", "visualizer"])
-def test_draw_poses_colours_each_person(demo, renderer):
-    import torch
+@pytest.fixture
+def no_model(demo, monkeypatch):
+    """Building the model fails the test: the output folder is checked before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo built the model before checking its output folder")
+
+    monkeypatch.setattr(demo, "VideoPosePredictor", refuse)
+
+
+def test_output_under_a_regular_file_fails_before_the_model(
+    demo, synthetic_folder, tmp_path, no_model
+):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(demo.InputError, match=r"'.*notes\.txt/out': '.*notes\.txt' is a file"):
+        _run(demo, synthetic_folder, a_file / "out")
+    with pytest.raises(demo.InputError, match=r"'.*notes\.txt' is a file, not a folder"):
+        _run(demo, synthetic_folder, a_file)
+
+
+@pytest.mark.parametrize("how", ["permissions", "read-only mount"])
+def test_unwritable_output_folder_fails_before_the_model(
+    demo, synthetic_folder, tmp_path, monkeypatch, no_model, how
+):
+    out = tmp_path / "read_only"
+    out.mkdir()
+    if how == "permissions":
+        if os.geteuid() == 0:
+            pytest.skip("root writes through permission bits; the mount case covers it")
+        out.chmod(0o555)
+        expected = os.strerror(errno.EACCES)
+    else:  # what a file opened on a read-only mount raises, for root as for anyone
+        expected = os.strerror(errno.EROFS)
+
+        def read_only(*args, dir=None, **kwargs):
+            raise OSError(errno.EROFS, expected, str(dir))
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    try:
+        with pytest.raises(demo.InputError, match=rf"'.*read_only'.*{expected}"):
+            _run(demo, synthetic_folder, out)
+    finally:
+        out.chmod(0o755)
+
+
+def test_video_sink_cleanup_does_not_hide_the_error(demo, tmp_path, monkeypatch):
+    """Neither codec opens and removing the failed file fails too: the error still says that
+    no video can be written there, not what the cleanup ran into."""
+
+    class NeverOpens:
+        def __init__(self, path, *args):
+            Path(path).write_bytes(b"")  # as OpenCV may leave an empty file
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    def unlink(self, missing_ok=False):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(cv2, "VideoWriter", NeverOpens)
+    sink = demo.VideoSink(tmp_path, "clip", 25.0)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(RuntimeError, match=r"neither mp4v nor MJPG video into .*"):
+        sink.write(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def test_demo_writes_the_models_track_ids(demo, synthetic_folder, tmp_path, monkeypatch):
+    """A model that tracks: its ``pred_track_ids`` are the json's track ids, whatever the
+    rank; persons below the threshold are left out."""
     from detectron2.data import MetadataCatalog
     from detectron2.structures import Instances
 
-    metadata = MetadataCatalog.get("synthetic_posetrack_val")
-    frame = np.full((120, 160, 3), 40, dtype=np.uint8)
-    instances = Instances((120, 160))
-    kpts = torch.zeros(2, 15, 3)
-    kpts[:, :, 0] = torch.linspace(20, 60, 15)
-    kpts[:, :, 1] = torch.linspace(10, 110, 15)
-    kpts[1, :, 0] += 80
-    kpts[:, :, 2] = 0.9
-    instances.pred_keypoints = kpts
-    instances.scores = torch.tensor([0.9, 0.2])
-    out = demo.draw_poses(frame, instances, metadata, confidence_threshold=0.5, renderer=renderer)
-    assert out.shape == frame.shape and out.dtype == np.uint8
-    changed = (out != frame).any(2)
-    assert changed[:, :75].any(), "the confident person is drawn"
-    assert not changed[:, 95:].any(), "the person below the threshold is not"
-    # One colour per person: the pixels drawn at full opacity are that person's colour.
-    colour = np.array(demo._bgr255(demo.person_color(0)))
-    assert (np.abs(out[changed].astype(int) - colour).sum(1) < 30).any()
+    from vpose_d2.engine import PredictedFrame
+
+    class TrackingPredictor:
+        def __init__(self, cfg, **kwargs):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+
+        def __call__(self, frames):
+            for index, frame in enumerate(frames):
+                inst = Instances(frame.shape[:2])
+                inst.pred_keypoints = torch.full((3, 15, 3), 20.0 + index)
+                inst.scores = torch.tensor([0.9, 0.8, 0.1])
+                inst.pred_track_ids = torch.tensor([7 + index % 2, 8 - index % 2, 3])
+                yield PredictedFrame(index, frame, inst)
+
+    monkeypatch.setattr(demo, "VideoPosePredictor", TrackingPredictor)
+    result = demo.main(
+        ["--config-file", _config_file(), "--input", str(synthetic_folder), "--output",
+         str(tmp_path), "--confidence-threshold", "0.5", "--opts", *TINY_OPTS]
+    )  # fmt: skip
+    data = _check_outputs(result, 5, (96, 96))
+    by_image = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append((ann["track_id"], ann["keypoints"][0]))
+    assert [sorted(by_image[im["id"]]) for im in data["images"]] == [
+        [(7, 20.0 + i), (8, 20.0 + i)] for i in range(5)
+    ]
+
+
+def test_json_persons_take_posetrack_or_coco_joints():
+    """The writer's persons from a model's Instances: PoseTrack (15) or COCO (17, eyes in the
+    head slots) layouts; any other layout is refused rather than written into wrong slots."""
+    from detectron2.structures import Instances
+
+    from vpose_d2.data.keypoints import COCO, POSETRACK
+    from vpose_d2.evaluation.writer import instances_to_persons
+
+    for layout in (POSETRACK, COCO):
+        inst = Instances((10, 10))
+        inst.pred_keypoints = torch.rand(2, layout.num_keypoints, 3)
+        inst.scores = torch.tensor([0.9, 0.2])
+        (person,) = instances_to_persons(inst, layout.names, min_score=0.5)
+        assert person["keypoints"].shape == (layout.num_keypoints, 3) and person["score"] > 0.5
+        assert "track_id" not in person  # the writer then numbers persons by rank
+    with pytest.raises(ValueError, match="left_eye"):
+        instances_to_persons(inst, [f"j{i}" for i in range(14)] + ["left_eye"])

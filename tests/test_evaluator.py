@@ -18,7 +18,7 @@ FIXTURE_VAL = FIXTURE_ROOT / "annotations" / "val"
 
 needs_fixtures = pytest.mark.skipif(
     not FIXTURE_VAL.is_dir(),
-    reason=f"real PoseTrack18 fixtures not found at {FIXTURE_VAL} (../shared/data is absent)",
+    reason=f"real PoseTrack18 fixtures not found at {FIXTURE_VAL}",
 )
 
 

@@ -26,7 +26,7 @@ OFFICIAL17 = [
 def test_layout_sizes_and_sigmas():
     assert POSETRACK.num_keypoints == 15 and COCO.num_keypoints == 17
     assert list(POSETRACK.names) == [n for n in OFFICIAL17 if "ear" not in n]
-    # reference_hparams.md: x 1/10; head_bottom/top reuse the shoulder value
+    # the releases' sigmas x 1/10; head_bottom/top reuse the shoulder value
     np.testing.assert_allclose(POSETRACK.oks_sigmas[:5], [0.026, 0.079, 0.079, 0.079, 0.079])
     np.testing.assert_allclose(POSETRACK.oks_sigmas[-1], 0.089)
     np.testing.assert_allclose(COCO.oks_sigmas[:5], [0.026, 0.025, 0.025, 0.035, 0.035])

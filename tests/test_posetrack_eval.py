@@ -1,7 +1,8 @@
 """The official PoseTrack protocol (vpose_d2.evaluation.posetrack) and the writer.
 
-Expected numbers in the hand-built cases are derived from the protocol in the comments
-(../shared/docs/posetrack_eval.md), never by calling the implementation.
+Expected numbers in the hand-built cases are derived by hand from the protocol (poseval's
+rules, summarised in vpose_d2/evaluation/posetrack.py's docstring) in the comments, never by
+calling the implementation.
 
 Common geometry of the hand-built cases: every head box is 30 x 40 px, so the head size is
 0.6 * 50 = 30 px and a predicted joint matches when it is within 0.5 * 30 = 15 px.
@@ -30,7 +31,7 @@ FIXTURE_VAL = SHARED / "posetrack18" / "annotations" / "val"
 
 needs_fixtures = pytest.mark.skipif(
     not FIXTURE_VAL.is_dir(),
-    reason=f"real PoseTrack18 fixtures not found at {FIXTURE_VAL} (../shared/data is absent)",
+    reason=f"real PoseTrack18 fixtures not found at {FIXTURE_VAL}",
 )
 
 # slots of the 15 PoseTrack joints inside the official 17 (ears 3, 4 always empty)

@@ -113,8 +113,9 @@ def test_windows_match_the_clip_mapper(offsets, num_frames, cache):
         yield from _video(num_frames)
 
     results = list(predictor(frames()))
-    assert [i for i, _ in results] == list(range(num_frames))
-    for key, inst in results:
+    assert [r.index for r in results] == list(range(num_frames))
+    for key, frame, inst in results:
+        assert isinstance(frame, np.ndarray) and (frame == key).all()  # its own frame, given back
         assert inst.image_size == (12, 20)
         seen = inst.pred_keypoints[0, :, 0].long().tolist()
         assert seen == window_indices(key, order, num_frames), (key, seen)
@@ -125,6 +126,28 @@ def test_windows_match_the_clip_mapper(offsets, num_frames, cache):
         assert model.max_alive <= order[-1] - order[0] + 2
     else:
         assert model.encoded == []
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_each_result_carries_its_frame(cache):
+    """The frame comes back with its result (the same array), so a caller drawing on it need
+    not hold frames itself, though results lag the input by the window's future frames."""
+    from vpose_d2.engine import PredictedFrame
+
+    frames = _video(5)
+    read = []
+
+    def stream():
+        for frame in frames:
+            read.append(len(read))
+            yield frame
+
+    predictor = VideoPosePredictor(_cfg([-1, 2]), model=_FrameIdModel([-1, 2]), cache=cache)
+    for result in predictor(stream()):
+        assert isinstance(result, PredictedFrame)
+        assert result.frame is frames[result.index]
+        assert len(read) == min(result.index + 3, 5)  # key + 2 future frames read, no more
+    assert [len(r) for r in predictor.predict_video(frames)] == [1] * 5
 
 
 def test_grad_mode_does_not_leak_between_frames():
@@ -140,7 +163,7 @@ def test_image_model_window_is_one_frame():
     predictor = VideoPosePredictor(_cfg([-1, 1]), model=_FrameIdModel())
     assert predictor.window_size == 1 and predictor.streaming
     results = list(predictor(_video(3)))
-    assert [inst.pred_keypoints[0, 0, 0].item() for _, inst in results] == [0.0, 1.0, 2.0]
+    assert [r.instances.pred_keypoints[0, 0, 0].item() for r in results] == [0.0, 1.0, 2.0]
 
 
 def test_bad_frames_raise_naming_the_frame():
@@ -164,6 +187,85 @@ def test_rgb_input_format_flips_channels():
     item = predictor.preprocess(frame, 0)
     assert item["image"].shape == (3, 16, 27)
     assert item["image"][2].float().mean() == 200 and item["image"][0].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------
+# The predictor's pixels are the evaluator's
+# ------------------------------------------------------------------------------------------
+# (INPUT.FORMAT, MIN_SIZE_TEST, MAX_SIZE_TEST): shrinking (area averaging) and enlarging.
+RESIZES = [("BGR", 256, 512), ("RGB", 256, 512), ("BGR", 900, 1700), ("RGB", 0, 0)]
+
+
+def _pixel_cfg(image_format: str, min_size: int, max_size: int):
+    cfg = _cfg([-1, 1])
+    cfg.INPUT.FORMAT = image_format
+    cfg.INPUT.MIN_SIZE_TEST = min_size
+    cfg.INPUT.MAX_SIZE_TEST = max_size
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+@pytest.mark.parametrize("image_format,min_size,max_size", RESIZES)
+def test_predictor_pixels_equal_the_evaluation_loader(
+    shared_data, image_format, min_size, max_size
+):
+    """A real PoseTrack frame through the test loader (as evaluation reads it) and through
+    ``VideoPosePredictor.preprocess`` (BGR in, as the demo reads it): the same uint8 tensor."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from vpose_d2.data.build import build_clip_test_loader
+    from vpose_d2.data.datasets import register_posetrack
+
+    name = "predictor_pixels_pt18_val"
+    if name not in DatasetCatalog.list():
+        pt18 = shared_data / "posetrack18"
+        register_posetrack(name, pt18 / "annotations" / "val", pt18, version="2018")
+    cfg = _pixel_cfg(image_format, min_size, max_size)
+    cfg.DATASETS.TEST = (name,)
+    (clip,) = next(iter(build_clip_test_loader(cfg, name)))
+    key_file = clip["file_names"][clip["key_index"]]
+    frame = cv2.imread(key_file, cv2.IMREAD_COLOR)  # BGR, as FrameSource reads a folder
+    assert frame is not None, key_file
+    if min_size:
+        assert min(clip["image"].shape[-2:]) != min(frame.shape[:2]), "the frame must be resized"
+    predictor = VideoPosePredictor(cfg, model=_FrameIdModel())
+    item = predictor.preprocess(frame, 0)
+    expected = clip["image"][clip["key_index"]]
+    assert item["image"].dtype == expected.dtype == torch.uint8
+    assert item["image"].shape == expected.shape
+    assert torch.equal(item["image"], expected)
+    assert (item["height"], item["width"]) == (clip["height"], clip["width"])
+    assert MetadataCatalog.get(name).keypoint_names  # the loader read the real set
+
+
+@pytest.mark.parametrize("image_format,min_size,max_size", RESIZES)
+def test_predictor_pixels_equal_the_test_mapper_on_noise(
+    tmp_path, image_format, min_size, max_size
+):
+    """The same without the fixtures: a noise frame (where interpolations differ most)."""
+    from vpose_d2.data.clip_mapper import ClipDatasetMapper, build_clip_augmentation
+    from vpose_d2.data.keypoints import POSETRACK
+
+    cfg = _pixel_cfg(image_format, min_size // 4, max_size // 4)
+    frame = np.random.default_rng(0).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "000000.png"), frame)  # lossless: the mapper reads these bytes
+    record = {
+        "video_id": "noise",
+        "frames": [
+            {"file_name": str(tmp_path / "000000.png"), "image_id": 1, "frame_id": 1,
+             "frame_index": 0, "is_labeled": False, "persons": []}
+        ],
+    }  # fmt: skip
+    mapper = ClipDatasetMapper(
+        False,
+        augmentations=build_clip_augmentation(cfg, is_train=False),
+        image_format=image_format,
+        offsets=cfg.INPUT.CLIP.OFFSETS,
+        keypoint_names=POSETRACK.names,
+    )
+    clip = mapper({"video": record, "key": 0})
+    item = VideoPosePredictor(cfg, model=_FrameIdModel()).preprocess(frame, 0)
+    assert torch.equal(item["image"], clip["image"][clip["key_index"]])
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,9 +366,9 @@ def test_pave_streaming_equals_windowed_recomputation(
     s = memories[0].memory.shape[2]
     assert sum(projections) == 2 * num_frames * s * (1 if value_cache else 3)
     window = list(windowed(frames))
-    assert [i for i, _ in stream] == [i for i, _ in window] == list(range(num_frames))
+    assert [r.index for r in stream] == [r.index for r in window] == list(range(num_frames))
     height, width = frames[0].shape[:2]
-    for (_, a), (_, b) in zip(stream, window):
+    for (_, _, a), (_, _, b) in zip(stream, window):
         assert a.image_size == b.image_size == (height, width)
         assert len(a) == len(b) == 6
         torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)

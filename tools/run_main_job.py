@@ -7,8 +7,8 @@ On a fresh checkout (``make setup`` done) this
    (``tools/make_synthetic_posetrack.py``);
 2. trains ``configs/quick/pave_synthetic.yaml`` into ``output/main_job/pave``
    (``tools/train_net.py``; the PoseTrack evaluation of ``synthetic_posetrack_val`` runs after
-   the last iteration) for ``--max-iter`` iterations (default 450, the 10-minute budget; 0
-   runs the config's own, longer schedule);
+   the last iteration) for ``--max-iter`` iterations (default 450, sized to about 10 minutes
+   on 2 CPU cores; 0 runs the config's own, longer schedule);
 3. prints the PoseTrack table of that evaluation (official protocol, re-scored from the
    prediction files the evaluator wrote);
 4. runs the demo (``demo/video_demo.py``) on a held-out synthetic val video and on ``--clip``
@@ -16,11 +16,11 @@ On a fresh checkout (``make setup`` done) this
 5. prints where everything is.
 
 Every step runs the documented user command in a subprocess, so what works here works by hand.
-About 10 minutes on 2 CPU cores. ``make demo`` runs it.
+``make demo`` runs it.
 
 Example::
 
-    python tools/run_main_job.py --clip ../shared/data/posetrack18/videos/000001_mpiinew_test
+    python tools/run_main_job.py --clip my_video.mp4
 """
 
 import argparse
@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-# Training iterations of the main job: configs/quick/pave_synthetic.yaml runs at ~0.93 s per
-# iteration on this 2-core machine (2 threads, nothing else running), so 450 iterations take
-# ~7 minutes and the whole job ~9. Its own schedule (1500) takes ~25.
+# Training iterations of the main job: a third of the quick config's 1500, so that the whole job
+# fits about 10 minutes on 2 CPU cores (measurements in docs/results.md).
 DEFAULT_MAX_ITER = 450
 logger = logging.getLogger("vpose_d2.main_job")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train or evaluate a vpose_d2 model (PETR-style baseline, PAVE-Net, VEPE).
+"""Train or evaluate a vpose_d2 model (the PETR-style image model or PAVE-Net).
 
 Examples::
 

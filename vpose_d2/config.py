@@ -1,7 +1,7 @@
 """Every config key vpose_d2 adds to Detectron2's, with paper defaults.
 
-Defaults follow the papers (``../shared/papers``); where the public releases differ, the
-release value is noted beside the key. ``add_vpose_config`` is idempotent.
+Defaults follow the papers (PETR, PAVE-Net); where their public releases differ, the release
+value is noted beside the key. ``add_vpose_config`` is idempotent.
 """
 
 from detectron2.config import CfgNode as CN
@@ -156,7 +156,7 @@ def _add_pave_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.WEIGHT_DECAY = 1e-4
-    # lr multipliers (reference_hparams.md): backbone, sampling offsets, reference points.
+    # lr multipliers of the public releases: backbone, sampling offsets, reference points.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
     # Parameter-name prefixes that get BACKBONE_MULTIPLIER: the pretrained trunk only. The

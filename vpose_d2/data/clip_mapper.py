@@ -25,6 +25,7 @@ __all__ = [
     "FastResizeShortestEdge",
     "PhotometricTransform",
     "build_clip_augmentation",
+    "build_test_resize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,16 +104,28 @@ class FastResizeShortestEdge(T.ResizeShortestEdge):
         return t
 
 
+def build_test_resize(cfg) -> T.Augmentation:
+    """The test-time resize: shortest edge to ``INPUT.MIN_SIZE_TEST``, longest at most
+    ``INPUT.MAX_SIZE_TEST`` (no resize when MIN_SIZE_TEST is 0).
+
+    Evaluation clips (:func:`build_clip_augmentation` with ``is_train=False``) and
+    ``VideoPosePredictor`` both build it here, so a frame reaches the model as the same pixels
+    whether it comes from the test loader or from a video.
+    """
+    return FastResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+
+
 def build_clip_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     """The augmentations of one clip, drawn once and applied to every frame.
 
     Train: optional RandomCrop (first, as Detectron2's DatasetMapper does), ResizeShortestEdge
     (MIN_SIZE_TRAIN with MIN_SIZE_TRAIN_SAMPLING, MAX_SIZE_TRAIN), RandomFlip
     (INPUT.CLIP.FLIP_PROB), photometric brightness/contrast/saturation in
-    [1 - INPUT.CLIP.PHOTOMETRIC, 1 + INPUT.CLIP.PHOTOMETRIC]. Test: ResizeShortestEdge only.
+    [1 - INPUT.CLIP.PHOTOMETRIC, 1 + INPUT.CLIP.PHOTOMETRIC]. Test: :func:`build_test_resize`
+    only.
     """
     if not is_train:
-        return [FastResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+        return [build_test_resize(cfg)]
     augs: List[T.Augmentation] = []
     if cfg.INPUT.CROP.ENABLED:
         augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))

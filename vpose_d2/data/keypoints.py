@@ -84,7 +84,8 @@ _LR_PAIRS = tuple(
 )
 
 # fmt: off
-# reference_hparams.md: PoseTrack OKS sigmas; head_bottom/head_top reuse the shoulder's.
+# PoseTrack OKS sigmas (as the public PETR / PAVE-Net releases use them); head_bottom/head_top
+# reuse the shoulder's.
 _POSETRACK_SIGMAS_X10 = (
     0.26, 0.79, 0.79, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89,
 )

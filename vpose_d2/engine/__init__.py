@@ -4,12 +4,13 @@
 from .defaults import ConfigKeyError, merge_config_file, merge_config_opts, setup
 from .launch import launch
 from .optim import build_vpose_optimizer, get_vpose_param_groups
-from .predictor import VideoPosePredictor
+from .predictor import PredictedFrame, VideoPosePredictor
 from .trainer import MixedPrecisionTrainer, StrictShapeCheckpointer, VPoseTrainer
 
 __all__ = [
     "ConfigKeyError",
     "MixedPrecisionTrainer",
+    "PredictedFrame",
     "StrictShapeCheckpointer",
     "VPoseTrainer",
     "VideoPosePredictor",

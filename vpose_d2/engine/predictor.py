@@ -1,10 +1,12 @@
 """``VideoPosePredictor``: a model from a config and weights, run over any stream of frames.
 
 Like Detectron2's ``DefaultPredictor`` (clone the config, build the model, load
-``MODEL.WEIGHTS``, resize with ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, convert BGR
-to ``INPUT.FORMAT``), but for video: a sliding window of ``T = 1 + len(INPUT.CLIP.OFFSETS)``
+``MODEL.WEIGHTS``, convert BGR to ``INPUT.FORMAT``, resize to ``MIN_SIZE_TEST`` /
+``MAX_SIZE_TEST``), but for video: a sliding window of ``T = 1 + len(INPUT.CLIP.OFFSETS)``
 frames around every key frame. Neighbours beyond the ends of the video repeat the edge frame,
-exactly as the clip mapper builds training clips.
+exactly as the clip mapper builds training clips, and the resize is the evaluation loader's
+(``vpose_d2.data.clip_mapper.build_test_resize``), so the model sees the same pixels for a frame
+whether it comes from the test loader or from a video.
 
 Every model runs through one interface (:class:`vpose_d2.modeling.meta_arch.PoseModelBase`):
 ``encode_frames`` does the per-frame work ONCE per frame (backbone, spatial encoder, and each
@@ -19,23 +21,36 @@ Memory stays bounded: only the frames the current and the next window need are k
 """
 
 import logging
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from vpose_d2.data.clip import clip_offsets, window_indices
-
+from ..data.clip import clip_offsets, window_indices
+from ..data.clip_mapper import build_test_resize
 from .trainer import StrictShapeCheckpointer
 
-__all__ = ["VideoPosePredictor"]
+__all__ = ["PredictedFrame", "VideoPosePredictor"]
 
 logger = logging.getLogger(__name__)
+
+
+class PredictedFrame(NamedTuple):
+    """One frame's result from :class:`VideoPosePredictor`.
+
+    Attributes:
+        index: the frame's position in the video (0-based).
+        frame: the (H, W, 3) uint8 BGR frame as it was given (the same array, not a copy).
+        instances: its predictions in the frame's pixels (see ``VideoPosePredictor.__call__``).
+    """
+
+    index: int
+    frame: np.ndarray
+    instances: Instances
 
 
 class VideoPosePredictor:
@@ -55,8 +70,8 @@ class VideoPosePredictor:
     Examples:
     ::
         predictor = VideoPosePredictor(cfg)
-        for frame_index, instances in predictor(frames):  # frames: iterable of HxWx3 BGR
-            print(frame_index, instances.pred_keypoints.shape)
+        for result in predictor(frames):  # frames: iterable of HxWx3 BGR
+            print(result.index, result.frame.shape, result.instances.pred_keypoints.shape)
     """
 
     def __init__(
@@ -90,10 +105,7 @@ class VideoPosePredictor:
         names = list(self.cfg.DATASETS.TEST) or list(self.cfg.DATASETS.TRAIN)
         self.metadata = MetadataCatalog.get(names[0]) if names else None
 
-        self.aug = T.ResizeShortestEdge(
-            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
-            self.cfg.INPUT.MAX_SIZE_TEST,
-        )
+        self.aug = build_test_resize(self.cfg)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
@@ -121,7 +133,8 @@ class VideoPosePredictor:
     # Per-frame steps
     # --------------------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray, index: int) -> Dict[str, Any]:
-        """Resize one BGR frame for the model.
+        """One BGR frame as the model's input: channels in INPUT.FORMAT, then the test-time
+        resize, exactly as the evaluation loader's mapper prepares a frame it read from disk.
 
         Args:
             frame: (H, W, 3) uint8 BGR.
@@ -138,7 +151,7 @@ class VideoPosePredictor:
         if frame.dtype != np.uint8:
             raise ValueError(f"Frame {index}: expected dtype uint8, got {frame.dtype}")
         if self.input_format == "RGB":
-            frame = frame[:, :, ::-1]
+            frame = np.ascontiguousarray(frame[:, :, ::-1])
         height, width = frame.shape[:2]
         image = self.aug.get_transform(frame).apply_image(frame)
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -174,7 +187,7 @@ class VideoPosePredictor:
     # --------------------------------------------------------------------------------------
     # The sliding window
     # --------------------------------------------------------------------------------------
-    def __call__(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[int, Instances]]:
+    def __call__(self, frames: Iterable[np.ndarray]) -> Iterator[PredictedFrame]:
         """Predict every frame of a video.
 
         Args:
@@ -182,12 +195,15 @@ class VideoPosePredictor:
                 generator reading a file or a camera). All frames must share one size.
 
         Yields:
-            ``(frame_index, Instances)`` for every frame, in order; Instances in the frame's
-            original pixels with ``pred_keypoints (N, K, 3)`` [x, y, score], ``scores (N,)``,
-            ``pred_boxes`` and, where the model tracks, ``pred_track_ids``.
+            a :class:`PredictedFrame` for every frame, in order: its index, the frame as given
+            and Instances in the frame's original pixels with ``pred_keypoints (N, K, 3)``
+            [x, y, score], ``scores (N,)``, ``pred_boxes`` and, where the model tracks,
+            ``pred_track_ids``. Results lag the input by the window's future offsets, so the
+            predictor holds those frames until their result is out.
         """
         cache: Dict[int, Any] = {}  # frame index -> encoder memory (or pixels)
         sizes: Dict[int, Dict[str, Any]] = {}  # frame index -> {"height", "width"}
+        waiting: Dict[int, np.ndarray] = {}  # frame index -> the frame, until its result is out
         first_shape = None
         num_read = 0
         next_key = 0
@@ -203,15 +219,18 @@ class VideoPosePredictor:
                 )
             cache[index] = self._encode(item)
             sizes[index] = {"height": item["height"], "width": item["width"]}
+            waiting[index] = frame
             num_read = index + 1
             # The window of key frame k reaches k + future: ready once that frame is read.
             while next_key + self._future <= index:
-                yield next_key, self._run_key(next_key, cache, sizes, None)
+                instances = self._run_key(next_key, cache, sizes, None)
+                yield PredictedFrame(next_key, waiting.pop(next_key), instances)
                 next_key += 1
                 self._evict(cache, sizes, next_key)
         # End of the stream: the last keys' future neighbours repeat the last frame.
         while next_key < num_read:
-            yield next_key, self._run_key(next_key, cache, sizes, num_read)
+            instances = self._run_key(next_key, cache, sizes, num_read)
+            yield PredictedFrame(next_key, waiting.pop(next_key), instances)
             next_key += 1
             self._evict(cache, sizes, next_key)
 
@@ -235,4 +254,4 @@ class VideoPosePredictor:
 
     def predict_video(self, frames: Iterable[np.ndarray]) -> List[Instances]:
         """All frames' predictions as a list (convenience for short videos)."""
-        return [instances for _, instances in self(frames)]
+        return [result.instances for result in self(frames)]

@@ -1,8 +1,7 @@
 """The official PoseTrack evaluation protocol (``poseval``): per-joint AP and MOTA.
 
 Reproduces what the public ``poseval`` toolkit computes (the numbers PoseWarper, DCPose,
-PAVE-Net, VEPE report), quirks included; ``../shared/docs/posetrack_eval.md`` is the spec.
-In brief:
+PAVE-Net and VEPE report), quirks included:
 
 * Files: ground truth and predictions are official per-video json files (2018/21 layout:
   ``images`` / ``annotations`` with 17 COCO-ordered slots, ears empty; the 2017 ``annolist``

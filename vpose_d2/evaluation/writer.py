@@ -4,6 +4,11 @@ A prediction file copies the ground truth's ``images`` (same order) and ``catego
 lists one annotation per predicted person: ``keypoints`` 17 x 3 (ears and unpredicted joints
 (0, 0, 0), predicted joints (x, y, 1)), ``scores`` 17 (the per-joint scores), ``track_id``,
 ``image_id``, ``score`` (the person's). Nothing non-finite is ever written.
+
+:func:`write_posetrack_predictions` writes a dataset's videos against their ground-truth files;
+:func:`write_posetrack_video` writes one video given its ``images`` (what the demo writes for a
+clip without ground truth, with :func:`video_images` and :func:`instances_to_persons`). Both make
+the annotations the same way.
 """
 
 from __future__ import annotations
@@ -12,15 +17,22 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.keypoints import posetrack15_to_official17
+from ..data.datasets.posetrack import official_categories
+from ..data.keypoints import COCO, OFFICIAL17_NAMES, POSETRACK, posetrack15_to_official17
 from .posetrack import MAX_TRACK_ID, PoseTrackEvalError
 
-__all__ = ["write_posetrack_predictions"]
+__all__ = [
+    "instances_to_persons",
+    "video_images",
+    "write_posetrack_predictions",
+    "write_posetrack_video",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -183,21 +195,114 @@ def write_posetrack_predictions(
             if idx in frames:
                 raise PoseTrackEvalError(f"{where}: frame {idx} given twice")
             frames[idx] = persons
-        annotations = []
-        for idx in sorted(frames):
-            where = f"video {video_id}, frame {idx} ({images[idx].get('file_name')})"
-            persons = list(frames[idx])
-            tids = _track_ids(persons, where)
-            image_id = images[idx].get("id")
-            for p, tid in zip(persons, tids):
-                ann_id = len(annotations)
-                annotations.append(_person_to_annotation(p, image_id, ann_id, tid, where))
-        out = {"images": images, "categories": gt.get("categories", []), "annotations": annotations}
         path = out_dir / gt_file.name
-        tmp = path.with_name(path.name + ".tmp")
-        # allow_nan=False: a stray NaN would make the file invalid json; fail loudly instead.
-        tmp.write_text(json.dumps(out, allow_nan=False))
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(
+            write_posetrack_video(
+                path, images, frames, gt.get("categories", []), f"video {video_id}"
+            )
+        )
     logger.info("Wrote %d PoseTrack prediction files to %s", len(written), out_dir)
     return written
+
+
+def write_posetrack_video(
+    path: Union[str, Path],
+    images: List[Dict[str, Any]],
+    frames: Mapping[int, Sequence[Person]],
+    categories: Optional[List[Dict[str, Any]]] = None,
+    name: Optional[str] = None,
+) -> Path:
+    """Write one video's official-format prediction file (atomically: a temporary file, renamed).
+
+    Args:
+        path: the json file to write (its folder must exist).
+        images: the file's ``images``, in frame order (copied from the ground truth, or made
+            by :func:`video_images`).
+        frames: position in ``images`` -> the frame's persons (as in
+            :func:`write_posetrack_predictions`).
+        categories: the file's ``categories``; default the official PoseTrack 2018 person.
+        name: how messages name the video (default: the file name).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    name = name or str(path)
+    annotations = []
+    for idx in sorted(frames):
+        if not 0 <= idx < len(images):
+            raise PoseTrackEvalError(f"{name}: frame {idx} outside its {len(images)} images")
+        where = f"{name}, frame {idx} ({images[idx].get('file_name')})"
+        persons = list(frames[idx])
+        tids = _track_ids(persons, where)
+        image_id = images[idx].get("id")
+        for p, tid in zip(persons, tids):
+            ann_id = len(annotations)
+            annotations.append(_person_to_annotation(p, image_id, ann_id, tid, where))
+    if categories is None:
+        categories = official_categories()
+    out = {"images": images, "categories": categories, "annotations": annotations}
+    tmp = path.with_name(path.name + ".tmp")
+    # allow_nan=False: a stray NaN would make the file invalid json; fail loudly instead.
+    tmp.write_text(json.dumps(out, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def video_images(video_name: str, file_names: Sequence[str]) -> List[Dict[str, Any]]:
+    """The ``images`` of a PoseTrack 2018 file for a video that has no ground-truth file.
+
+    Image ids follow the dataset's rule ``1VVVVVVFFFF``: 1, the video number (the name's
+    leading digits, 0 when it has none; six digits) and the frame index (four digits); every
+    frame counts as labeled.
+
+    Args:
+        video_name: e.g. "000001_mpiinew_test".
+        file_names: per frame, the ``file_name`` to write.
+    """
+    match = re.match(r"\d+", video_name)
+    number = int(match.group(0)) % 1_000_000 if match else 0
+    images = []
+    for frame, file_name in enumerate(file_names):
+        image_id = int(f"1{number:06d}{frame:04d}")
+        images.append({
+            "file_name": file_name, "id": image_id, "frame_id": image_id,
+            "vid_id": f"{number:06d}", "nframes": len(file_names), "is_labeled": True,
+            "has_no_densepose": True, "ignore_regions_x": [], "ignore_regions_y": [],
+        })  # fmt: skip
+    return images
+
+
+def instances_to_persons(
+    instances: Any, keypoint_names: Sequence[str], min_score: float = 0.0
+) -> List[Dict[str, Any]]:
+    """One frame's predictions as the persons the writers take.
+
+    Args:
+        instances: Detectron2 ``Instances`` with ``pred_keypoints`` (N, K, 3) [x, y, score],
+            ``scores`` (N,) and optionally ``pred_track_ids`` (N,), which become ``track_id``.
+        keypoint_names: the model's K joint names (dataset metadata): the PoseTrack layout
+            (15), or COCO / the official 17 slots (COCO's eyes then fill the head slots, the
+            usual convention; see ``vpose_d2.data.keypoints.coco17_to_posetrack15``).
+        min_score: persons scoring below are left out.
+
+    Returns:
+        dicts with ``keypoints`` (K, 3), ``score`` and, where tracked, ``track_id``.
+    """
+    names = tuple(keypoint_names)
+    if names not in (POSETRACK.names, COCO.names, tuple(OFFICIAL17_NAMES)):
+        raise ValueError(
+            f"Cannot write poses with joints {list(names)} in the PoseTrack layout (it takes "
+            f"the PoseTrack, COCO or official 17-slot joints)"
+        )
+    instances = instances.to("cpu")
+    keypoints = instances.pred_keypoints.float().numpy()
+    scores = instances.scores.float().numpy()
+    tracks = instances.pred_track_ids.numpy() if instances.has("pred_track_ids") else None
+    persons = []
+    for i in np.flatnonzero(scores >= min_score):
+        person = {"keypoints": keypoints[i], "score": float(scores[i])}
+        if tracks is not None:
+            person["track_id"] = int(tracks[i])
+        persons.append(person)
+    return persons

@@ -27,16 +27,11 @@ someone or something. Here every joint inside the image is annotated (v=1) wheth
 occluder or another person hides it, so a model must use the neighbouring frames to place
 joints that are covered or blurred in the key frame; joints outside the image are (0, 0, 0).
 
-The blur is strong on purpose. With the earlier, milder blur (7-15 px streaks, defocus sigma
-1.5-3.5 at 256 px on 15% of the frames), image models trained at the quick configs' half
-resolution scored no lower on blurred key frames than on sharp ones (27.4 vs 20.3 and 28.2 vs
-27.8 AP, two runs, on a 288-frame held-out set, blurred frames told by their Laplacian), so
-nothing in the set needed the neighbouring frames. On a held-out set with today's blur (streaks
-of 9-17% of the frame, defocus sigma 1.6-3.1%, on a quarter of the frames) the second of those
-models scored 6.8 AP on the 69 blurred key frames against 28.3 on the 219 sharp ones; a PAVE-
-Net trained like it got 15.3 on the blurred frames, 12.1 with its neighbours replaced by the
-key frame (``tools/blur_breakdown.py``, which reads ``annotations/blurred_frames.json``).
-``blur_strength`` scales both kinds.
+The blur is strong on purpose: with streaks of 9-17% of the frame or a defocus of sigma
+1.6-3.1% of it on a quarter of the frames, a blurred key frame is hard to read on its own, so a
+model gains from its sharp neighbours and the set tests what a video model adds over an image
+model (``tools/blur_breakdown.py`` scores blurred and sharp key frames apart; the measurements
+are in docs/results.md). ``blur_strength`` scales both kinds.
 
 Train videos are labeled on every frame, val videos on every ``val_label_every``-th (4, as
 PoseTrack's val set), starting at frame 0.
