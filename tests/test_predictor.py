@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vpose_d2  # noqa: F401  isort: skip  (compat shims before Detectron2's structures)
-from detectron2.modeling import build_model
+from common import build, perturb, tiny_cfg
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
@@ -271,18 +271,6 @@ def test_predictor_pixels_equal_the_test_mapper_on_noise(
 # ------------------------------------------------------------------------------------------
 # The real PAVE-Net (tiny, random weights): streaming == windowed recomputation
 # ------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-TINY_PAVE_OPTS = [
-    "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.VPOSE.HIDDEN_DIM", "32",
-    "MODEL.VPOSE.NHEADS", "2", "MODEL.VPOSE.NECK_NUM_GROUPS", "8",
-    "MODEL.VPOSE.DIM_FEEDFORWARD", "64", "MODEL.VPOSE.ENC_LAYERS", "1",
-    "MODEL.VPOSE.DEC_LAYERS", "1", "MODEL.VPOSE.JOINT_DEC_LAYERS", "1",
-    "MODEL.VPOSE.NUM_QUERIES", "8", "MODEL.VPOSE.NUM_JOINT_PERSONS_TEST", "4",
-    "MODEL.VPOSE.REFINE_HIDDEN_DIM", "32", "TEST.DETECTIONS_PER_IMAGE", "6",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
-]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def synthetic_video(tmp_path_factory) -> List[np.ndarray]:
     from vpose_d2.data.datasets.synthetic import make_synthetic_posetrack
@@ -297,20 +285,12 @@ def synthetic_video(tmp_path_factory) -> List[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def pave_model_cfg():
-    config = REPO / "configs" / "quick" / "pave_synthetic.yaml"
-    if not config.exists():
-        pytest.skip(f"{config} is absent")
-    cfg = get_vpose_cfg()
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(TINY_PAVE_OPTS)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    cfg = tiny_cfg((-1, 1))
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
+    cfg.TEST.DETECTIONS_PER_IMAGE = 6
     # Output projections and sampling offsets start at zero, which would make the decoders
     # blind to the memories (and the equality below vacuous): perturb every weight.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    return model, cfg
+    return perturb(build(cfg)).eval(), cfg
 
 
 def test_pave_output_depends_on_the_neighbours(pave_model_cfg, synthetic_video):
@@ -360,11 +340,12 @@ def test_pave_streaming_equals_windowed_recomputation(
         for hook in hooks:
             hook.remove()
     assert sum(encoded) == num_frames  # every frame through the spatial encoder once
-    # With the value cache each frame's S tokens are projected once per decoder layer (1 + 1
-    # here), when encoded; without it every window projects its T * S tokens in every layer.
+    # With the value cache each frame's S tokens are projected once per decoder layer, when
+    # encoded; without it every window projects its T * S tokens in every layer.
     assert all(bool(m.values) == value_cache for m in memories)
     s = memories[0].memory.shape[2]
-    assert sum(projections) == 2 * num_frames * s * (1 if value_cache else 3)
+    layers = len(model.pose_decoder.layers) + len(model.joint_decoder.layers)
+    assert sum(projections) == layers * num_frames * s * (1 if value_cache else 3)
     window = list(windowed(frames))
     assert [r.index for r in stream] == [r.index for r in window] == list(range(num_frames))
     height, width = frames[0].shape[:2]
