@@ -189,29 +189,42 @@ class PoseModelBase(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        """The shared parts, built in a fixed order (backbone, encoder, proposals first), so one
-        seed gives every model the same initial weights for them."""
+        """The shared parts and the sibling's decoders (:meth:`build_decoders`), built in a
+        fixed order (backbone, encoder, proposals, decoders, criterion, heatmap), so one seed
+        gives every model the same initial weights for the parts they share."""
         k, sigmas = resolve_keypoint_meta(cfg)
         v = cfg.MODEL.VPOSE
-        return {
+        ret = {
             "backbone": build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))),
             "encoder": DeformableEncoder(cfg),
             "proposal_head": PoseProposalHead(cfg, num_keypoints=k),
-            "criterion": PoseSetCriterion(cfg, oks_sigmas=sigmas),
-            "num_keypoints": k,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "num_feature_levels": v.NUM_FEATURE_LEVELS,
-            "num_joint_persons_test": v.NUM_JOINT_PERSONS_TEST,
-            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "sigma_scores": v.LOSS.KEYPOINT_LOSS == "rle",
-            "heatmap_head": (
-                KeypointHeatmapHead(v.HIDDEN_DIM, k, v.LOSS.HEATMAP_SIGMA)
-                if v.LOSS.HEATMAP_WEIGHT > 0
-                else None
-            ),
-            "heatmap_weight": v.LOSS.HEATMAP_WEIGHT,
         }
+        ret.update(cls.build_decoders(cfg, k))
+        ret.update(
+            {
+                "criterion": PoseSetCriterion(cfg, oks_sigmas=sigmas),
+                "num_keypoints": k,
+                "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+                "pixel_std": cfg.MODEL.PIXEL_STD,
+                "num_feature_levels": v.NUM_FEATURE_LEVELS,
+                "num_joint_persons_test": v.NUM_JOINT_PERSONS_TEST,
+                "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+                "sigma_scores": v.LOSS.KEYPOINT_LOSS == "rle",
+                "heatmap_head": (
+                    KeypointHeatmapHead(v.HIDDEN_DIM, k, v.LOSS.HEATMAP_SIGMA)
+                    if v.LOSS.HEATMAP_WEIGHT > 0
+                    else None
+                ),
+                "heatmap_weight": v.LOSS.HEATMAP_WEIGHT,
+            }
+        )
+        return ret
+
+    @classmethod
+    def build_decoders(cls, cfg, num_keypoints: int) -> Dict:
+        """The model's ``pose_decoder`` / ``joint_decoder`` (and any other part built before
+        the criterion); none here."""
+        return {"pose_decoder": None, "joint_decoder": None}
 
     @property
     def device(self) -> torch.device:

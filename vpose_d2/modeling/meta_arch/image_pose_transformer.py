@@ -38,14 +38,12 @@ class ImagePoseTransformer(PoseModelBase):
         super().__init__(pose_decoder=pose_decoder, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg) -> Dict:
-        ret = super().from_config(cfg)
-        k = ret["num_keypoints"]
-        ret["pose_decoder"] = PoseDecoder(cfg, num_keypoints=k)
-        ret["joint_decoder"] = (
-            JointDecoder(cfg, num_keypoints=k) if cfg.MODEL.VPOSE.JOINT_DEC_LAYERS > 0 else None
-        )
-        return ret
+    def build_decoders(cls, cfg, num_keypoints: int) -> Dict:
+        joint = cfg.MODEL.VPOSE.JOINT_DEC_LAYERS > 0
+        return {
+            "pose_decoder": PoseDecoder(cfg, num_keypoints=num_keypoints),
+            "joint_decoder": JointDecoder(cfg, num_keypoints=num_keypoints) if joint else None,
+        }
 
     def predict(self, clip: ClipMemory) -> Dict:
         out = self.spatial_stage(clip)

@@ -113,34 +113,34 @@ class PAVENet(PoseModelBase):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        v, p = cfg.MODEL.VPOSE, cfg.MODEL.PAVE
+        p = cfg.MODEL.PAVE
         ret = super().from_config(cfg)
         offsets, _ = clip_offsets(cfg.INPUT.CLIP.OFFSETS)
-        t, k = len(offsets), ret["num_keypoints"]
         if p.SPATIOTEMPORAL_ENCODER:
-            ret["encoder"] = SpatiotemporalEncoder(cfg, num_frames=t)
-        grad = p.NEIGHBOUR_REFERENCE_GRAD
-        # A decoder without layers is the ablation without it.
+            ret["encoder"] = SpatiotemporalEncoder(cfg, num_frames=len(offsets))
         ret.update(
             {
                 "proposal_head": ret["proposal_head"] if p.REFERENCE == "pose_aware" else None,
-                "pose_decoder": (
-                    PoseDecoder(cfg, num_keypoints=k, num_frames=t, neighbour_reference_grad=grad)
-                    if p.USE_STPD and v.DEC_LAYERS > 0
-                    else None
-                ),
-                "joint_decoder": (
-                    JointDecoder(cfg, num_keypoints=k, num_frames=t, neighbour_reference_grad=grad)
-                    if p.USE_STJD and v.JOINT_DEC_LAYERS > 0
-                    else None
-                ),
                 "frame_offsets": offsets,
-                "num_queries": v.NUM_QUERIES,
+                "num_queries": cfg.MODEL.VPOSE.NUM_QUERIES,
                 "reference": p.REFERENCE,
                 "spatiotemporal_encoder": p.SPATIOTEMPORAL_ENCODER,
             }
         )
         return ret
+
+    @classmethod
+    def build_decoders(cls, cfg, num_keypoints: int) -> Dict:
+        v, p = cfg.MODEL.VPOSE, cfg.MODEL.PAVE
+        t = len(clip_offsets(cfg.INPUT.CLIP.OFFSETS)[0])
+        kw = dict(num_keypoints=num_keypoints, num_frames=t)
+        kw["neighbour_reference_grad"] = p.NEIGHBOUR_REFERENCE_GRAD
+        # A decoder without layers is the ablation without it.
+        stpd, stjd = p.USE_STPD and v.DEC_LAYERS > 0, p.USE_STJD and v.JOINT_DEC_LAYERS > 0
+        return {
+            "pose_decoder": PoseDecoder(cfg, **kw) if stpd else None,
+            "joint_decoder": JointDecoder(cfg, **kw) if stjd else None,
+        }
 
     # ------------------------------------------------------------------ encoding
     @property
