@@ -207,6 +207,28 @@ def test_resume_with_an_empty_or_stale_last_checkpoint(tmp_path, caplog, content
     assert ("is empty" if not content else "model_0000042.pth, which does not exist") in caplog.text
 
 
+def test_resume_takes_a_checkpoint_written_after_last_checkpoint(tmp_path, caplog):
+    """A kill between renaming a new checkpoint into place and updating last_checkpoint: the
+    newer complete checkpoint wins. A last_checkpoint written after every checkpoint (a user
+    choosing an older one) is obeyed."""
+    cfg = _train_toy(tmp_path)
+    last = tmp_path / "last_checkpoint"
+    last.write_text("model_0000003.pth")
+    resumed = ToyTrainer(cfg.clone())
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4  # obeyed
+
+    tag_time = last.stat().st_mtime_ns
+    for name in ("model_0000005.pth", "model_final.pth"):
+        os.utime(tmp_path / name, ns=(tag_time + 10**9, tag_time + 10**9))
+    (tmp_path / "model_final.pth").unlink()  # the kill hit before the last save
+    resumed = ToyTrainer(cfg.clone())
+    with caplog.at_level(logging.WARNING):
+        resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 6
+    assert "model_0000005.pth was written after it" in caplog.text
+
+
 def test_resume_fails_naming_every_file_when_none_loads(tmp_path):
     cfg = _train_toy(tmp_path)
     for p in tmp_path.glob("*.pth"):

@@ -18,11 +18,13 @@ the clip layout the weights assume.
   ``.pth`` either complete or absent;
 - **clear file errors**: an empty, truncated or unreadable file raises
   :class:`CheckpointFileError` naming it and what is wrong;
-- **resume**: ``resume_or_load(..., resume=True)`` tries the file ``last_checkpoint`` names,
-  then the output folder's other checkpoints newest first (``model_final.pth``, then
-  ``model_NNNNNNN.pth`` by iteration), and takes the first that loads, logging each one
-  skipped and why; an empty or stale ``last_checkpoint`` is reported and passed over. If
-  checkpoints exist and none loads it raises, naming them all.
+- **resume**: ``resume_or_load(..., resume=True)`` tries the file ``last_checkpoint`` names
+  (preceded by any later ``model_*.pth`` written after ``last_checkpoint`` itself: a kill
+  between a checkpoint's rename and the tag's update), then the output folder's other
+  checkpoints newest first (``model_final.pth``, then ``model_NNNNNNN.pth`` by iteration), and
+  takes the first that loads, logging each one skipped and why; an empty or stale
+  ``last_checkpoint`` is reported and passed over. If checkpoints exist and none loads it
+  raises, naming them all.
 
 :class:`MetricsJSONWriter` keeps ``metrics.json`` whole in its own sense: it is an append-only
 log of one json object per line (Detectron2's format), each write flushed and fsynced; the
@@ -364,20 +366,38 @@ class StrictShapeCheckpointer(DetectionCheckpointer):
             with open(last) as f:
                 name = f.read().strip()
             if not name:
-                notes.append(f"{last} is empty (its write was interrupted)")
+                notes.append(
+                    f"{last} is empty (its write was interrupted); trying the folder's checkpoints"
+                )
             elif not os.path.isfile(os.path.join(self.save_dir, name)):
-                notes.append(f"{last} names {name}, which does not exist")
+                notes.append(
+                    f"{last} names {name}, which does not exist; trying the folder's checkpoints"
+                )
             else:
                 tagged = os.path.join(self.save_dir, name)
         files = [
             os.path.join(self.save_dir, n) for n in os.listdir(self.save_dir) if _PERIODIC.match(n)
         ]
         files.sort(key=_iteration_of, reverse=True)
-        # The file last_checkpoint names comes first: the run wrote it last (the tag follows
-        # the rename), and a user may point it at the checkpoint to resume from.
-        if tagged is not None:
-            files = [tagged] + [p for p in files if p != tagged]
-        return files, notes
+        if tagged is None:
+            return files, notes
+        # The file last_checkpoint names comes first (a user may point it at the checkpoint
+        # to resume from), after any later checkpoint written after last_checkpoint itself:
+        # a run killed between renaming a new checkpoint into place and updating the tag.
+        tag_time = os.stat(last).st_mtime_ns
+        later = [
+            p
+            for p in files
+            if _iteration_of(p) > _iteration_of(tagged) and os.stat(p).st_mtime_ns > tag_time
+        ]
+        if later:
+            notes.append(
+                f"{last} names {os.path.basename(tagged)}, but "
+                f"{', '.join(os.path.basename(p) for p in later)} was written after it (the run "
+                f"stopped before updating it); trying the later one first"
+            )
+        rest = [p for p in files if p != tagged and p not in later]
+        return later + [tagged] + rest, notes
 
     def _remove_stale_temporaries(self) -> None:
         if not comm.is_main_process() or not os.path.isdir(self.save_dir):
@@ -406,7 +426,7 @@ class StrictShapeCheckpointer(DetectionCheckpointer):
         self._remove_stale_temporaries()
         candidates, notes = self._resume_candidates()
         for note in notes:
-            logger.warning("--resume: %s; looking for checkpoints in the folder", note)
+            logger.warning("--resume: %s", note)
         skipped: List[str] = []
         for candidate in candidates:
             try:
