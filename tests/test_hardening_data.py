@@ -80,9 +80,8 @@ def test_oks_ap_never_matches_a_non_finite_ground_truth_joint():
     gt_kp[4, 0] = np.nan
     person = {"keypoints": gt_kp.reshape(-1).tolist(), "bbox": [100, 100, 150, 80], "area": 12000}
     pred = np.concatenate([xy + 150.0, np.ones((15, 1))], 1)
-    res = coco_oks_ap([{"image_id": 1, "persons": [person]}], [
-        {"image_id": 1, "keypoints": pred, "score": 0.9}
-    ], SIGMAS)  # fmt: skip
+    dets = [{"image_id": 1, "keypoints": pred, "score": 0.9}]
+    res = coco_oks_ap([{"image_id": 1, "persons": [person]}], dets, SIGMAS)
     assert res["AP_oks"] == 0.0 and res["AR_oks"] == 0.0
 
 
