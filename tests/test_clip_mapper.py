@@ -229,4 +229,4 @@ def test_train_loader_batches(synth):
         with pytest.raises(KeyError, match=r"'nope' is not registered.*posetrack18_train"):
             build_clip_train_loader(cfg)
     finally:
-        register_synthetic_posetrack(DEFAULT_SYNTHETIC_ROOT, generate_if_missing=True)
+        register_synthetic_posetrack(DEFAULT_SYNTHETIC_ROOT)

@@ -91,3 +91,25 @@ def test_cost_terms_by_hand():
 def test_matcher_rejects_wrong_number_of_targets():
     with pytest.raises(ValueError, match="targets"):
         HungarianPoseMatcher()(torch.zeros(2, 3), torch.rand(2, 3, K, 2), [], SIGMAS)
+
+
+def test_non_finite_cost_is_a_floating_point_error_naming_the_iteration():
+    """A diverged model (NaN poses or logits) used to stop inside scipy with "matrix contains
+    invalid numeric entries"; Detectron2's contract is a FloatingPointError naming the
+    iteration."""
+    from detectron2.utils.events import EventStorage
+
+    gen = torch.Generator().manual_seed(1)
+    targets = [_target(2, gen), _target(3, gen)]
+    poses = torch.rand(2, 4, K, 2, generator=gen)
+    logits = torch.zeros(2, 4)
+    poses[1, 2, 0, 0] = float("nan")
+    matcher = HungarianPoseMatcher()
+    with EventStorage(start_iter=41) as storage:
+        storage.iter = 41
+        with pytest.raises(FloatingPointError, match=r"iteration 41.*image 1"):
+            matcher(logits, poses, targets, SIGMAS)
+    logits[0, 0] = float("inf")
+    poses[1, 2, 0, 0] = 0.5
+    with pytest.raises(FloatingPointError, match=r"image 0.*non-finite"):  # outside a trainer
+        matcher(logits, poses, targets, SIGMAS)

@@ -31,7 +31,11 @@ def main(args: Namespace):
     if args.eval_only:
         model = VPoseTrainer.build_model(cfg)
         StrictShapeCheckpointer(
-            model, cfg.OUTPUT_DIR, strict_shapes=cfg.MODEL.WEIGHTS_STRICT_SHAPES
+            model,
+            cfg.OUTPUT_DIR,
+            strict_shapes=cfg.MODEL.WEIGHTS_STRICT_SHAPES,
+            check_layout=cfg.MODEL.WEIGHTS_CHECK_LAYOUT,
+            cfg=cfg,
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = VPoseTrainer.test(cfg, model)
         if comm.is_main_process():

@@ -18,6 +18,7 @@ def add_vpose_config(cfg: CN) -> None:
     _add_pave_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    _add_checkpoint_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------
@@ -196,6 +197,19 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.COCO_OKS_AP = True
     # Also score tracking (MOTA) when the model outputs track ids.
     cfg.TEST.POSETRACK_TRACKING = False
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints (vpose_d2/engine/checkpoint.py)
+# ------------------------------------------------------------------------------------------
+def _add_checkpoint_config(cfg: CN) -> None:
+    # Checkpoints record the clip layout their weights assume (meta-architecture, frame
+    # offsets and key position; also the joint count, which MODEL.WEIGHTS_STRICT_SHAPES
+    # governs). Loading one whose record differs from the model (e.g. trained with
+    # INPUT.CLIP.OFFSETS [-1, 1], loaded with [-2, -1]: same tensor shapes, other meaning)
+    # raises, naming the config key. Set False to load such weights anyway, e.g. to initialize
+    # a model from weights of another layout (with a warning).
+    cfg.MODEL.WEIGHTS_CHECK_LAYOUT = True
 
 
 def get_vpose_cfg() -> CN:

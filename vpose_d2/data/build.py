@@ -73,11 +73,11 @@ class ClipSampleDataset(torchdata.Dataset):
 
 
 def register_from_cfg(cfg) -> None:
-    """Point ``synthetic_posetrack_{train,val}`` at ``cfg.DATASETS.SYNTHETIC_ROOT`` (the default
-    set is generated there on first load if the folder is missing or empty)."""
+    """Point ``synthetic_posetrack_{train,val}`` at ``cfg.DATASETS.SYNTHETIC_ROOT`` (loading
+    them fails naming the folder if no set is there; nothing is generated)."""
     root = cfg.DATASETS.get("SYNTHETIC_ROOT", None)
     if root:
-        register_synthetic_posetrack(root, generate_if_missing=True)
+        register_synthetic_posetrack(root)
 
 
 def check_registered(names: Sequence[str], key: str = "DATASETS") -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -14,6 +14,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 from fvcore.transforms.transform import HFlipTransform, Transform
+from PIL import Image
 
 from .clip import clip_offsets, window_indices
 from .keypoints import flip_indices
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# JPEG start-of-image and end-of-image markers.
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
 
 
 class PhotometricTransform(Transform):
@@ -193,6 +198,7 @@ class ClipDatasetMapper:
         self.flip_indices = flip_indices(keypoint_names, keypoint_flip_map)
         self.pseudo_video = pseudo_video
         self.pseudo_video_max_rotation = int(pseudo_video_max_rotation)
+        self._complete_jpegs: set = set()
         logger.info(
             "ClipDatasetMapper(%s): offsets %s, K=%d, augmentations %s",
             "train" if is_train else "test",
@@ -229,15 +235,51 @@ class ClipDatasetMapper:
 
     # --------------------------------------------------------------------------------------
     def _read(self, video: Dict[str, Any], index: int) -> np.ndarray:
-        frame = video["frames"][index]
-        fn = frame["file_name"]
-        img = cv2.imread(fn, cv2.IMREAD_COLOR)
+        """The frame, checked: complete (a JPEG ends with its end marker) and of the size the
+        annotation gives (``video["height"]``, ``video["width"]``, when known)."""
+        fn = video["frames"][index]["file_name"]
+        where = f"video {video['video_id']!r}, frame {index}: image file {fn}"
+        try:
+            with open(fn, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where} is missing") from None
+        except OSError as e:
+            raise OSError(f"{where} cannot be read: {e}") from e
+        # OpenCV decodes a truncated JPEG without an error (libjpeg only prints "Premature end
+        # of JPEG file") and fills the missing rows with grey. The end marker is checked on the
+        # bytes already read, so it costs nothing per frame.
+        if data[:2] == _JPEG_SOI and data[-2:] != _JPEG_EOI and not self._jpeg_complete(data, fn):
+            raise OSError(
+                f"{where} is truncated or corrupt: the JPEG data ends before its end marker "
+                f"({len(data)} bytes); re-extract or re-download the frame"
+            )
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
-            where = f"video {video['video_id']!r}, frame {index}: image file {fn}"
-            if not os.path.exists(fn):
-                raise FileNotFoundError(f"{where} is missing")
             raise OSError(f"{where} cannot be decoded")
+        h, w = int(video.get("height") or 0), int(video.get("width") or 0)
+        if h and w and img.shape[:2] != (h, w):
+            # Predictions are mapped back to the frame's size; annotations are in the
+            # annotation's: a mismatch would score every joint at the wrong place.
+            raise ValueError(
+                f"{where} is {img.shape[1]}x{img.shape[0]} (width x height), but the video's "
+                f"annotation gives {w}x{h}"
+            )
         return img if self.image_format == "BGR" else np.ascontiguousarray(img[:, :, ::-1])
+
+    def _jpeg_complete(self, data: bytes, file_name: str) -> bool:
+        """Whether a JPEG whose last bytes are not the end marker is still complete (data
+        after the marker, as some cameras append). PIL decodes it and reports a truncation;
+        the verdict is kept per file, so that such a set pays the second decode once."""
+        if file_name in self._complete_jpegs:
+            return True
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except (OSError, SyntaxError, ValueError):
+            return False
+        self._complete_jpegs.add(file_name)
+        return True
 
     def _annotations(self, video: Dict[str, Any], index: int):
         """(N, K, 3) keypoints, (N, 4) XYXY boxes, (N,) track ids, (N,) areas of one frame."""

@@ -32,7 +32,7 @@ from detectron2.structures import Instances
 
 from ..data.clip import clip_offsets, window_indices
 from ..data.clip_mapper import build_test_resize
-from .trainer import StrictShapeCheckpointer
+from .checkpoint import StrictShapeCheckpointer
 
 __all__ = ["PredictedFrame", "VideoPosePredictor"]
 

@@ -8,6 +8,8 @@ What differs from ``DefaultTrainer`` (Detectron2 0.6):
   Detectron2's AMPTrainer is fp16 + CUDA only;
 - the optimizer (and grad scaler) state is checkpointed, so ``--resume`` continues exactly
   (0.6 saves only the iteration and the scheduler);
+- checkpoints are written atomically and record the clip layout the weights assume;
+  ``--resume`` takes the newest checkpoint that loads (:mod:`vpose_d2.engine.checkpoint`);
 - DDP works on CPU processes (gloo, see :mod:`vpose_d2.engine.launch`);
 - ``MODEL.WEIGHTS`` whose shapes do not fit the model raise (``MODEL.WEIGHTS_STRICT_SHAPES``);
 - a dataset name that is not registered is named, with the registered ones.
@@ -16,23 +18,25 @@ What differs from ``DefaultTrainer`` (Detectron2 0.6):
 """
 
 import logging
+import os
 import time
 import weakref
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.build import build_clip_test_loader, build_clip_train_loader, check_registered
 from ..evaluation import COCOKeypointEvaluator, PoseTrackEvaluator
+from .checkpoint import MetricsJSONWriter, StrictShapeCheckpointer
 from .optim import build_vpose_optimizer
 
 __all__ = [
@@ -98,40 +102,6 @@ class MixedPrecisionTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-class StrictShapeCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that refuses tensors whose shape differs from the model's.
-
-    Detectron2 skips such tensors with a warning, which silently leaves e.g. a whole head at
-    its random init when a config and a checkpoint disagree. With ``strict_shapes`` the
-    load raises a ``ValueError`` naming the checkpoint, the first mismatched key and both
-    shapes. Missing / unexpected keys keep Detectron2's warnings.
-    """
-
-    def __init__(
-        self, model: nn.Module, save_dir: str = "", *, strict_shapes: bool = True, **checkpointables
-    ):
-        super().__init__(model, save_dir, **checkpointables)
-        self.strict_shapes = strict_shapes
-        self._loading = ""
-
-    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        self._loading = path
-        return super().load(path, *args, **kwargs)
-
-    def _load_model(self, checkpoint: Dict[str, Any]):
-        incompatible = super()._load_model(checkpoint)
-        if self.strict_shapes and incompatible.incorrect_shapes:
-            key, shape_ckpt, shape_model = incompatible.incorrect_shapes[0]
-            raise ValueError(
-                f"Checkpoint '{self._loading}' does not fit the model: '{key}' has shape "
-                f"{tuple(shape_ckpt)} in the checkpoint but {tuple(shape_model)} in the model "
-                f"({len(incompatible.incorrect_shapes)} mismatched tensor(s) in all). "
-                "Fix MODEL.WEIGHTS or the model config, or set MODEL.WEIGHTS_STRICT_SHAPES "
-                "False to leave mismatched tensors at their initialization."
-            )
-        return incompatible
-
-
 def _create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     """Detectron2's create_ddp_model, minus ``device_ids`` for CPU models (DDP rejects it)."""
     if comm.get_world_size() == 1:
@@ -172,12 +142,33 @@ class VPoseTrainer(DefaultTrainer):
             model,
             cfg.OUTPUT_DIR,
             strict_shapes=cfg.MODEL.WEIGHTS_STRICT_SHAPES,
+            check_layout=cfg.MODEL.WEIGHTS_CHECK_LAYOUT,
+            cfg=cfg,
             trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As DefaultTrainer's, with :class:`StrictShapeCheckpointer`'s resume: the newest
+        checkpoint of OUTPUT_DIR that loads, broken ones skipped and named; training continues
+        after the iteration it holds, or starts at 0 when there was none."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from is not None:
+            # The checkpoint holds the iteration that had just finished.
+            self.start_iter = self.iter + 1
+
+    def build_writers(self):
+        """Detectron2's default writers, with ``metrics.json`` by :class:`MetricsJSONWriter`
+        (created with its first record; a torn last line is cut before appending)."""
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            MetricsJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
 
     def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import logging
 import math
@@ -40,6 +41,24 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=None)
+def _finite_oks_eval_class() -> type:
+    # pycocotools is imported on first use only, as in coco_oks_ap.
+    from pycocotools.cocoeval import COCOeval
+
+    class FiniteOksEval(COCOeval):
+        """COCOeval whose non-finite OKS is no match: pycocotools skips a pair when
+        ``oks < threshold``, which is False for NaN, so a NaN OKS matched at every threshold."""
+
+        def computeOks(self, imgId, catId):
+            ious = super().computeOks(imgId, catId)
+            if isinstance(ious, np.ndarray):
+                ious = np.where(np.isfinite(ious), ious, 0.0)
+            return ious
+
+    return FiniteOksEval
+
+
 def coco_oks_ap(
     gt_images: Sequence[Mapping[str, Any]],
     predictions: Sequence[Mapping[str, Any]],
@@ -55,16 +74,20 @@ def coco_oks_ap(
             those on images not in ``gt_images`` are dropped.
         oks_sigmas: K per-joint sigmas (metadata ``keypoint_oks_sigmas``).
 
+    A non-finite OKS (a non-finite ground-truth joint or area) is no match. Non-finite
+    predicted coordinates are placed at (0, 0) and non-finite scores ranked as 0; each kind
+    is counted in one warning per call.
+
     Returns:
         dict over :data:`OKS_KEYS` in percent (NaN where COCOeval reports -1, e.g. no
         ground truth).
     """
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     sigmas = np.asarray(oks_sigmas, dtype=np.float64)
     k = len(sigmas)
     images, anns = [], []
+    bad_gt: List[str] = []
     for fr in gt_images:
         images.append({"id": int(fr["image_id"])})
         for p in fr.get("persons", []):
@@ -78,6 +101,8 @@ def coco_oks_ap(
             kp[:, 2] = np.where(kp[:, 2] > 0, 2.0, 0.0)
             bbox = [float(v) for v in p.get("bbox", [0, 0, 0, 0])]
             area = float(p.get("area", bbox[2] * bbox[3]))
+            if not (np.isfinite(kp[kp[:, 2] > 0, :2]).all() and math.isfinite(area)):
+                bad_gt.append(f"image {fr['image_id']} track_id {p.get('track_id')}")
             if not area > 0:
                 vis = kp[:, 2] > 0
                 ext = np.ptp(kp[vis, :2], axis=0) if vis.any() else np.zeros(2)
@@ -95,18 +120,30 @@ def coco_oks_ap(
                     "iscrowd": 0,
                 }
             )
+    if bad_gt:
+        # The loaders refuse such files; this guards records built some other way.
+        logger.warning(
+            "COCO OKS AP: %d ground-truth person(s) with non-finite joints or area (%s%s): "
+            "they can only be missed",
+            len(bad_gt), ", ".join(bad_gt[:5]), ", ..." if len(bad_gt) > 5 else "",
+        )  # fmt: skip
     nan = {key: math.nan for key in OKS_KEYS}
     if not any(a["num_keypoints"] > 0 for a in anns):
         logger.warning("COCO OKS AP: no annotated ground-truth person; returning NaN")
         return nan
     image_ids = {im["id"] for im in images}
     dets = []
+    n_bad_dets = n_bad_joints = n_bad_scores = 0
     for d in predictions:
         if int(d["image_id"]) not in image_ids:
             continue
         kp = _to_numpy(d["keypoints"]).reshape(k, 3).copy()
-        kp[~np.isfinite(kp)] = 0.0
+        bad_xy = ~np.isfinite(kp[:, :2]).all(1)
         s = float(d.get("score", 0.0))
+        n_bad_joints += int(bad_xy.sum())
+        n_bad_scores += not math.isfinite(s)
+        n_bad_dets += bool(bad_xy.any()) or not math.isfinite(s)
+        kp[~np.isfinite(kp)] = 0.0
         dets.append(
             {
                 "image_id": int(d["image_id"]),
@@ -115,6 +152,12 @@ def coco_oks_ap(
                 "score": s if math.isfinite(s) else 0.0,
             }
         )
+    if n_bad_dets:
+        logger.warning(
+            "COCO OKS AP: %d prediction(s) hold %d joint(s) with non-finite coordinates (placed "
+            "at (0, 0): they never match) and %d non-finite score(s) (ranked as 0)",
+            n_bad_dets, n_bad_joints, n_bad_scores,
+        )  # fmt: skip
     if not dets:
         logger.warning("COCO OKS AP: no prediction on a scored image; AP is 0")
         return {key: 0.0 for key in OKS_KEYS}
@@ -131,7 +174,7 @@ def coco_oks_ap(
         coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        ev = _finite_oks_eval_class()(coco_gt, coco_dt, iouType="keypoints")
         ev.params.kpt_oks_sigmas = sigmas
         ev.params.imgIds = sorted(image_ids)
         ev.evaluate()

@@ -17,6 +17,11 @@ PAVE-Net and VEPE report), quirks included:
 * AP: per-frame PCKh matching (head size 0.6 x head-box diagonal, threshold 0.5), each
   prediction keeps its best person, each person takes the best remaining prediction; joint
   scores pooled over all frames; all-point interpolated AP. Missing/NaN scores count -9999.
+* Bad input: a file without an ``annotations`` list, a non-finite ground-truth coordinate and
+  a track id twice in one frame (ground truth or predictions) are errors naming the file and
+  frame; NaN/inf scores and coordinates in a prediction file are counted in one warning per
+  file (a NaN coordinate never matches); prediction files for videos the ground truth lacks
+  are named in a warning and not scored.
 * MOTA: per joint and video, CLEAR-MOT accumulation as py-motmetrics does (keep last
   frame's matches if still within threshold, Hungarian on the rest, with the most matches
   first); the last evaluated frame of every video is left out; a frame whose ground truth or
@@ -117,6 +122,33 @@ class _Frame:
     has_regions: bool = False
 
 
+@dataclass
+class _NonFinite:
+    """Non-finite values met while reading one file. In ground truth they are an error (no
+    distance to them exists); in predictions they are counted, and reported once per file."""
+
+    path: Path
+    ground_truth: bool
+    scores: int = 0  # present joints whose listed score is not a finite number
+    coords: int = 0  # present joints with a NaN/inf coordinate
+
+    def check_gt(self, values: Sequence[float], where: str, track_id: Any) -> None:
+        if self.ground_truth and not all(math.isfinite(v) for v in values):
+            raise PoseTrackEvalError(
+                f"{where}: ground-truth person (track_id {track_id}) has non-finite keypoint "
+                f"values; every coordinate must be a finite number"
+            )
+
+    def warn(self) -> None:
+        # Ground-truth scores are not used; ground-truth coordinates raised already.
+        if not self.ground_truth and (self.scores or self.coords):
+            logger.warning(
+                "%s: %d non-finite joint scores (scored %g, as poseval does) and %d joint(s) "
+                "with non-finite coordinates (they never match)",
+                self.path, self.scores, MIN_SCORE, self.coords,
+            )  # fmt: skip
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
         text = path.read_text()
@@ -191,10 +223,11 @@ def _slot_table(data: Dict[str, Any], n_values: int, where: str) -> List[Optiona
 
 
 def _person_2018(
-    ann: Dict[str, Any], table: List[Optional[int]], version: str, where: str
+    ann: Dict[str, Any], table: List[Optional[int]], version: str, where: str, bad: _NonFinite
 ) -> _Person:
     kp = ann.get("keypoints") or []
     arr = np.asarray([_as_float(v) for v in kp], dtype=np.float64)
+    bad.check_gt(arr.tolist(), where, ann.get("track_id"))
     if arr.size and arr.size != 3 * len(table):
         raise PoseTrackEvalError(
             f"{where}: annotation {ann.get('id')} has {arr.size} keypoint values, "
@@ -217,6 +250,10 @@ def _person_2018(
                 s = _as_float(raw_scores[slot])
                 if math.isfinite(s):
                     score[j] = s
+                elif has[j]:
+                    bad.scores += 1
+            if has[j] and not np.isfinite(xy[j]).all():
+                bad.coords += 1
     return _Person(
         xy=xy,
         has=has,
@@ -241,8 +278,21 @@ def _regions_2018(im: Dict[str, Any], where: str) -> Tuple[List[np.ndarray], boo
     return polys, len(polys) > 0
 
 
-def _parse_2018(data: Dict[str, Any], path: Path, version: str, images: List[Dict]) -> List[_Frame]:
-    anns = data.get("annotations") or []
+def _parse_2018(
+    data: Dict[str, Any], path: Path, version: str, images: List[Dict], bad: _NonFinite
+) -> List[_Frame]:
+    anns = data.get("annotations")
+    if not isinstance(anns, list):
+        # Read as "nobody", a missing list would score a prediction file as no detections
+        # and drop a ground-truth video's persons from scoring.
+        what, means = (
+            ("ground-truth", "its") if bad.ground_truth else ("prediction", "the predicted")
+        )
+        found = "no such key" if "annotations" not in data else f"a {type(anns).__name__}"
+        raise PoseTrackEvalError(
+            f"{what} file {path}: 'annotations' must be the list of {means} persons ([] for "
+            f"none), found {found}"
+        )
     ids = [im.get("id") for im in images]
     pos = {}
     for i, iid in enumerate(ids):
@@ -263,7 +313,7 @@ def _parse_2018(data: Dict[str, Any], path: Path, version: str, images: List[Dic
     for i, im in enumerate(images):
         name = im.get("file_name", im.get("id"))
         where = f"{path}, frame {i} ({name})"
-        persons = [_person_2018(a, table or [], version, where) for a in by_image[i]]
+        persons = [_person_2018(a, table or [], version, where, bad) for a in by_image[i]]
         regions, has_regions = _regions_2018(im, where)
         if version == "21":
             evaluated = bool(im.get("is_labeled", len(by_image[i]) > 0))
@@ -273,7 +323,7 @@ def _parse_2018(data: Dict[str, Any], path: Path, version: str, images: List[Dic
     return frames
 
 
-def _parse_2017(data: Dict[str, Any], path: Path, version: str) -> List[_Frame]:
+def _parse_2017(data: Dict[str, Any], path: Path, version: str, bad: _NonFinite) -> List[_Frame]:
     frames = []
     for i, entry in enumerate(data.get("annolist") or []):
         try:
@@ -299,13 +349,17 @@ def _parse_2017(data: Dict[str, Any], path: Path, version: str) -> List[_Frame]:
                 if has[j]:
                     continue  # poseval's getPointGTbyID takes the first point with an id
                 x, y = _as_float(_first(pt.get("x"))), _as_float(_first(pt.get("y")))
+                bad.check_gt((x, y), where, _first(r.get("track_id")))
                 if version == "21" and not (x > 0 and y > 0):
                     continue
                 xy[j] = (x, y)
                 has[j] = True
+                bad.coords += not (math.isfinite(x) and math.isfinite(y))
                 s = _as_float(_first(pt.get("score")))
                 if math.isfinite(s):
                     score[j] = s
+                elif pt.get("score") is not None:
+                    bad.scores += 1
             box = [_first(r.get(k)) for k in ("x1", "y1", "x2", "y2")]
             persons.append(
                 _Person(
@@ -339,17 +393,21 @@ def _load_file(
     data = _read_json(path, what)
     if not isinstance(data, dict):
         raise PoseTrackEvalError(f"{what} file {path}: expected a json object")
+    bad = _NonFinite(path, ground_truth=what == "ground-truth")
     if "annolist" in data:
-        return _parse_2017(data, path, version), None
-    images = data.get("images")
-    if images is None:
-        if gt_images is None:
-            raise PoseTrackEvalError(f"{what} file {path} has neither 'images' nor 'annolist'")
-        # A prediction file without 'images' is read against the ground truth's frames.
-        images = gt_images
-    if not isinstance(images, list):
-        raise PoseTrackEvalError(f"{what} file {path}: 'images' is not a list")
-    return _parse_2018(data, path, version, images), images
+        frames, images = _parse_2017(data, path, version, bad), None
+    else:
+        images = data.get("images")
+        if images is None:
+            if gt_images is None:
+                raise PoseTrackEvalError(f"{what} file {path} has neither 'images' nor 'annolist'")
+            # A prediction file without 'images' is read against the ground truth's frames.
+            images = gt_images
+        if not isinstance(images, list):
+            raise PoseTrackEvalError(f"{what} file {path}: 'images' is not a list")
+        frames = _parse_2018(data, path, version, images, bad)
+    bad.warn()
+    return frames, images
 
 
 def _check_pair(gt_path: Path, pr_path: Path, gt: List[_Frame], pr: List[_Frame]) -> None:
@@ -371,19 +429,19 @@ def _check_pair(gt_path: Path, pr_path: Path, gt: List[_Frame], pr: List[_Frame]
                 f"{gt_path} has image {g.image_id} ({g.name}) there; a prediction file must "
                 f"list the same frames in the same order"
             )
+    for path, frames in ((gt_path, gt), (pr_path, pr)):
+        for i, p in enumerate(frames):
+            tids = [q.track_id for q in p.persons if q.track_id is not None]
+            dup = next((t for k, t in enumerate(tids) if t in tids[:k]), None)
+            if dup is not None:
+                raise PoseTrackEvalError(
+                    f"{path}: frame {i} ({p.name}) has track_id {dup} twice; track ids must "
+                    f"be unique within a frame"
+                )
     for i, p in enumerate(pr):
-        seen = set()
         for person in p.persons:
             tid = person.track_id
-            if tid is None:
-                continue
-            if tid in seen:
-                raise PoseTrackEvalError(
-                    f"{pr_path}: frame {i} ({p.name}) has track_id {tid} twice; track ids "
-                    f"must be unique within a frame"
-                )
-            seen.add(tid)
-            if tid >= MAX_TRACK_ID:
+            if tid is not None and tid >= MAX_TRACK_ID:
                 raise PoseTrackEvalError(
                     f"{pr_path}: frame {i} ({p.name}): track_id {tid} >= {MAX_TRACK_ID}"
                 )
@@ -753,15 +811,23 @@ def _pair_files(
                     f"no prediction file for ground-truth video {g.name}: expected {p}"
                 )
             pairs.append((g, p))
-        return pairs
-    pred_files = {f.name: f for f in _collect(pred, "prediction")}
-    pairs = []
-    for g in gt_files:
-        if g.name not in pred_files:
-            raise PoseTrackEvalError(
-                f"no prediction file for ground-truth video {g.name} among " f"{sorted(pred_files)}"
-            )
-        pairs.append((g, pred_files[g.name]))
+        pred_files = {f.name: f for f in pred_dir.glob("*.json")}
+    else:
+        pred_files = {f.name: f for f in _collect(pred, "prediction")}
+        pairs = []
+        for g in gt_files:
+            if g.name not in pred_files:
+                raise PoseTrackEvalError(
+                    f"no prediction file for ground-truth video {g.name} among "
+                    f"{sorted(pred_files)}"
+                )
+            pairs.append((g, pred_files[g.name]))
+    stray = sorted(set(pred_files) - {g.name for g in gt_files})
+    if stray:
+        logger.warning(
+            "%d prediction file(s) for videos the ground truth lacks, not scored: %s",
+            len(stray), ", ".join(str(pred_files[n]) for n in stray),
+        )  # fmt: skip
     return pairs
 
 
@@ -793,7 +859,8 @@ def evaluate_posetrack(
 
     Raises:
         PoseTrackEvalError: a missing prediction file, a prediction for a frame the ground
-            truth lacks, duplicate track ids in a frame, malformed files.
+            truth lacks, duplicate track ids in a frame, a file without ``annotations``, a
+            non-finite ground-truth coordinate, malformed files.
     """
     version = str(version)
     if version not in ("2017", "2018", "21"):

@@ -4,12 +4,29 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.utils.events import get_event_storage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .losses import focal_cost, pairwise_keypoint_l1, pairwise_oks
 
 __all__ = ["HungarianPoseMatcher"]
+
+
+def _raise_non_finite(cost: torch.Tensor, image: int) -> None:
+    """Detectron2's contract for a diverged run: a FloatingPointError naming the iteration
+    (scipy would stop with "matrix contains invalid numeric entries")."""
+    try:
+        where = f"at iteration {get_event_storage().iter}"
+    except AssertionError:  # not inside a trainer's EventStorage
+        where = "outside training"
+    n = int((~torch.isfinite(cost)).sum())
+    raise FloatingPointError(
+        f"Hungarian matcher {where}: the matching cost of image {image} in the batch has {n} "
+        f"non-finite entries of {cost.numel()}: the model's predictions (logits or keypoints) "
+        f"are NaN or inf, i.e. training diverged (lower SOLVER.BASE_LR, or check the "
+        f"gradient clipping and the inputs)."
+    )
 
 
 class HungarianPoseMatcher(nn.Module):
@@ -120,6 +137,8 @@ class HungarianPoseMatcher(nn.Module):
                 keep = valid[b].nonzero().squeeze(1)
                 lg, ps = lg[keep], ps[keep]
             cost = self.cost_matrix(lg, ps, target, sigmas).cpu()
+            if not torch.isfinite(cost).all():
+                _raise_non_finite(cost, b)
             rows, cols = linear_sum_assignment(cost.numpy())
             rows = torch.as_tensor(rows, dtype=torch.int64)
             cols = torch.as_tensor(cols, dtype=torch.int64)

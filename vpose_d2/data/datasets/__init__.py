@@ -11,8 +11,9 @@ Importing this package registers the predefined names (lazily: no file is read u
   (15 PoseTrack joints) from ``coco/annotations/person_keypoints_{split}2017.json``;
 * ``synthetic_posetrack_{train,val}`` under ``datasets/synthetic_posetrack`` (relative to the
   current directory; ``cfg.DATASETS.SYNTHETIC_ROOT`` re-registers them elsewhere, see
-  :func:`vpose_d2.data.build.register_from_cfg`). If nothing is there when they are first
-  loaded, the default set (seed 0, ~3 s) is generated there.
+  :func:`vpose_d2.data.build.register_from_cfg`). Nothing is generated unasked: if the set is
+  not there when they are first loaded, the error names the folder and the command that
+  writes it (``tools/make_synthetic_posetrack.py``; the main job runs it).
 """
 
 from .coco import load_coco_keypoints, register_all_coco, register_coco_keypoints
@@ -52,4 +53,4 @@ __all__ = [
 
 register_all_posetrack()
 register_all_coco()
-register_synthetic_posetrack(DEFAULT_SYNTHETIC_ROOT, generate_if_missing=True)
+register_synthetic_posetrack(DEFAULT_SYNTHETIC_ROOT)

@@ -18,7 +18,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..keypoints import COCO, POSETRACK, coco17_to_posetrack15, layout_metadata
-from .posetrack import VPOSE_DATASET_NAMES, PosetrackFormatError
+from .posetrack import VPOSE_DATASET_NAMES, PosetrackFormatError, check_finite
 
 __all__ = ["register_coco_keypoints", "load_coco_keypoints", "register_all_coco"]
 
@@ -58,6 +58,11 @@ def load_coco_keypoints(
         for a in by_image.get(im["id"], []):
             if a.get("iscrowd", 0):
                 continue
+            who = f"person {a.get('id')}"
+            check_finite(a.get("keypoints") or [], f"{who} keypoints", where)
+            check_finite(a["bbox"], f"{who} bbox", where)
+            if "area" in a:
+                check_finite(a["area"], f"{who} area", where)
             kp = np.asarray(a.get("keypoints") or [0.0] * 51, dtype=np.float64)
             if kp.size != 51:
                 raise PosetrackFormatError(

@@ -46,6 +46,7 @@ __all__ = [
     "VPOSE_DATASET_NAMES",
     "register_all_posetrack",
     "PosetrackFormatError",
+    "check_finite",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,12 +141,35 @@ def _check_track_ids(persons: List[Dict[str, Any]], where: str) -> None:
         seen.add(tid)
 
 
+def check_finite(values: Any, what: str, where: str) -> None:
+    """Raise naming ``where`` and ``what`` unless every value is a finite number.
+
+    json reads ``NaN`` and ``Infinity``; a non-finite ground-truth value would make the OKS
+    of its person NaN, which pycocotools counts as a match at every threshold.
+    """
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise PosetrackFormatError(f"{where}: {what} holds a value that is not a number") from e
+    if not np.isfinite(arr).all():
+        bad = arr.reshape(-1)[~np.isfinite(arr.reshape(-1))]
+        raise PosetrackFormatError(
+            f"{where}: {what} holds {bad.size} non-finite value(s) ({bad[0]}); every value must "
+            f"be a finite number"
+        )
+
+
 def _person_from_2018(ann: Dict[str, Any], where: str, version: str = "2018") -> Dict[str, Any]:
     kp = ann.get("keypoints")
+    who = f"person (track_id {ann.get('track_id')})"
+    for key in ("bbox", "bbox_head", "area"):
+        if ann.get(key):
+            check_finite(ann[key], f"{who} {key}", where)
     if kp is None or len(kp) == 0:
         # PoseTrack21 lists box-only persons; keep them with no annotated joint.
         kpts = np.zeros((POSETRACK.num_keypoints, 3), dtype=np.float64)
     else:
+        check_finite(kp, f"{who} keypoints", where)
         arr = np.asarray(kp, dtype=np.float64)
         if arr.size == 17 * 3:
             kpts = official17_to_posetrack15(arr.reshape(17, 3))
@@ -342,19 +366,23 @@ def load_posetrack17(
         persons = []
         for r in entry.get("annorect") or []:
             kpts = np.zeros((POSETRACK.num_keypoints, 3), dtype=np.float64)
+            tid = _first(r.get("track_id"))
+            if tid is None:
+                raise PosetrackFormatError(f"{where}: person without track_id")
             ap = r.get("annopoints") or []
             points = ap[0].get("point", []) if ap and isinstance(ap[0], dict) else []
             for pt in points:
                 jid = int(_first(pt.get("id"), -1))
                 if jid not in _PT17_ID_TO_INDEX:
                     raise PosetrackFormatError(f"{where}: joint id {jid} is not in 0..14")
-                kpts[_PT17_ID_TO_INDEX[jid]] = (float(_first(pt["x"])), float(_first(pt["y"])), 1)
-            tid = _first(r.get("track_id"))
-            if tid is None:
-                raise PosetrackFormatError(f"{where}: person without track_id")
+                xy = (_first(pt["x"]), _first(pt["y"]))
+                check_finite(xy, f"person (track_id {tid}) joint {jid}", where)
+                kpts[_PT17_ID_TO_INDEX[jid]] = (float(xy[0]), float(xy[1]), 1)
             head = None
             if all(k in r for k in ("x1", "y1", "x2", "y2")):
-                x1, y1, x2, y2 = (float(_first(r[k])) for k in ("x1", "y1", "x2", "y2"))
+                corners = [_first(r[k]) for k in ("x1", "y1", "x2", "y2")]
+                check_finite(corners, f"person (track_id {tid}) head box", where)
+                x1, y1, x2, y2 = (float(v) for v in corners)
                 head = [x1, y1, x2 - x1, y2 - y1]
             bbox = _bbox_from_keypoints(kpts)
             persons.append(

@@ -604,6 +604,19 @@ def _generate_if_missing(root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_synthetic_root(root: Path, split: str) -> None:
+    """Raise naming ``root`` and the command that writes the set, unless it holds one."""
+    ann = root / "annotations" / split
+    if ann.is_dir():
+        return
+    what = "does not exist" if not root.exists() else f"has no {ann.relative_to(root)} folder"
+    raise FileNotFoundError(
+        f"No synthetic PoseTrack set at {root}: the folder {what}. Write it with "
+        f"`python tools/make_synthetic_posetrack.py --root {root}` (`make demo` writes the "
+        f"default one), or point DATASETS.SYNTHETIC_ROOT at an existing set."
+    )
+
+
 def register_synthetic_posetrack(
     root: Union[str, Path] = DEFAULT_SYNTHETIC_ROOT,
     name_prefix: str = "synthetic_posetrack",
@@ -615,8 +628,9 @@ def register_synthetic_posetrack(
         root: the set's folder; a relative path is resolved against the current directory now.
         name_prefix: names are ``<prefix>_train`` and ``<prefix>_val``.
         generate_if_missing: on first load (``DatasetCatalog.get``), write the default set
-            (seed 0) at ``root`` if nothing is there. The import-time registration and
-            ``cfg.DATASETS.SYNTHETIC_ROOT`` (via ``register_from_cfg``) use True.
+            (seed 0) at ``root`` if nothing is there. Off by default: a mistyped root must not
+            silently become a new set that gets scored, so a missing set is an error naming
+            the root and the command that writes it.
 
     Registering again with another root replaces the earlier registration.
     """
@@ -635,12 +649,13 @@ def register_synthetic_posetrack(
         MetadataCatalog.get(name).set(
             synthetic_root=str(root), generate_if_missing=generate_if_missing
         )
-        if generate_if_missing:
-            load = DatasetCatalog[name]
-            DatasetCatalog.remove(name)
+        load = DatasetCatalog[name]
+        DatasetCatalog.remove(name)
 
-            def _load(load=load) -> List[Dict[str, Any]]:
+        def _load(load=load, split=split) -> List[Dict[str, Any]]:
+            if generate_if_missing:
                 _generate_if_missing(root)
-                return load()
+            _check_synthetic_root(root, split)
+            return load()
 
-            DatasetCatalog.register(name, _load)
+        DatasetCatalog.register(name, _load)
