@@ -195,8 +195,9 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.DETECTIONS_PER_IMAGE = 100
     # Also report COCO-style OKS AP (pycocotools) beside the PoseTrack table.
     cfg.TEST.COCO_OKS_AP = True
-    # Also score tracking (MOTA) when the model outputs track ids.
-    cfg.TEST.POSETRACK_TRACKING = False
+    # Also score tracking (MOTA, MOTP, precision, recall) with the ids of the MODEL.TRACKER
+    # tracker (MODEL.TRACKER.NAME "none": the model's own pred_track_ids).
+    cfg.TEST.POSETRACK_TRACKING = True
 
 
 # ------------------------------------------------------------------------------------------

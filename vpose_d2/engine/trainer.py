@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.build import build_clip_test_loader, build_clip_train_loader
 from ..evaluation import COCOKeypointEvaluator, PoseTrackEvaluator
+from ..tracking import build_tracker
 from .optim import build_vpose_optimizer
 
 __all__ = [
@@ -229,6 +230,7 @@ class VPoseTrainer(DefaultTrainer):
                 output_folder,
                 track=cfg.TEST.POSETRACK_TRACKING,
                 coco_oks_ap=cfg.TEST.COCO_OKS_AP,
+                tracker=build_tracker(cfg) if cfg.TEST.POSETRACK_TRACKING else None,
             )
         if evaluator_type == "coco_keypoints":
             return COCOKeypointEvaluator(dataset_name)

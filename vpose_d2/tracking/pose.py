@@ -102,8 +102,13 @@ class PoseTracker(Tracker):
         from ..modeling.meta_arch import resolve_keypoint_meta
 
         t = cfg.MODEL.TRACKER
+        if cfg.MODEL.VPOSE.NUM_KEYPOINTS == 0 and len(cfg.DATASETS.TRAIN) == 0:
+            # Nothing says K yet: the sigmas given, else the layout of the first frame's K.
+            sigmas = list(cfg.MODEL.VPOSE.OKS_SIGMAS) or None
+        else:
+            sigmas = resolve_keypoint_meta(cfg)[1]
         return {
-            "oks_sigmas": resolve_keypoint_meta(cfg)[1],
+            "oks_sigmas": sigmas,
             "min_score": t.MIN_SCORE,
             "max_age": t.MAX_AGE,
             "oks_thresh": t.OKS_THRESH,
