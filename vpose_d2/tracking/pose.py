@@ -23,7 +23,9 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
+from ..data.keypoints import COCO, POSETRACK
 from ..modeling.losses import pairwise_oks
+from ..modeling.meta_arch import resolve_keypoint_meta
 from .base import Tracker
 from .build import TRACKER_REGISTRY
 
@@ -91,7 +93,8 @@ class PoseTracker(Tracker):
             min_score: persons scoring below are not tracked (id -1).
             max_age: frames a track survives without a match.
             oks_thresh: the least OKS of a match; below it a person starts a new track.
-            motion: move the tracks' last poses on by their last velocity before comparing.
+            motion: also compare the tracks' last poses moved on by their last velocity, and
+                keep the better OKS.
         """
         self._sigmas = None if oks_sigmas is None else torch.tensor(oks_sigmas, dtype=torch.float64)
         self.motion = bool(motion)
@@ -99,8 +102,6 @@ class PoseTracker(Tracker):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        from ..modeling.meta_arch import resolve_keypoint_meta
-
         t = cfg.MODEL.TRACKER
         if cfg.MODEL.VPOSE.NUM_KEYPOINTS == 0 and len(cfg.DATASETS.TRAIN) == 0:
             # Nothing says K yet: the sigmas given, else the layout of the first frame's K.
@@ -117,8 +118,6 @@ class PoseTracker(Tracker):
 
     def _sigmas_for(self, k: int) -> torch.Tensor:
         if self._sigmas is None:
-            from ..data.keypoints import COCO, POSETRACK
-
             for layout in (POSETRACK, COCO):
                 if layout.num_keypoints == k:
                     self._sigmas = torch.tensor(layout.oks_sigmas, dtype=torch.float64)
