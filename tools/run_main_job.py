@@ -89,8 +89,11 @@ def schedule_opts(config_file: str, max_iter: int) -> List[str]:
     steps = tuple(max(1, round(s * max_iter / old_max)) for s in old_steps)
     logger.info(
         "[train] schedule: %d iterations, lr steps %s (the config's: %d, %s)",
-        max_iter, steps, old_max, tuple(old_steps),
-    )  # fmt: skip
+        max_iter,
+        steps,
+        old_max,
+        tuple(old_steps),
+    )
     return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps)]
 
 
@@ -122,18 +125,23 @@ def held_out_video(data_root: Path) -> Path:
     return videos[0]
 
 
-def posetrack_table(output_dir: Path, dataset: str, gt_dir: Path, log_dir: Path) -> Optional[dict]:
+def posetrack_table(
+    output_dir: Path, dataset: str, gt_dir: Path, log_dir: Path, track: bool = False
+) -> Optional[dict]:
     """Re-score the evaluator's prediction files with the official protocol's command line
-    (``python -m vpose_d2.evaluation.posetrack``), which prints the table."""
-    pred_dir = output_dir / "inference" / dataset / "posetrack_predictions"
+    (``python -m vpose_d2.evaluation.posetrack``), which prints the table. ``track``: score
+    MOTA on the tracked persons' files (``posetrack_predictions_tracked``) instead of AP."""
+    sub = "posetrack_predictions_tracked" if track else "posetrack_predictions"
+    pred_dir = output_dir / "inference" / dataset / sub
     if not pred_dir.is_dir():
         logger.warning(
             "No predictions under %s: the evaluation after training did not run", pred_dir
         )
         return None
-    results_file = output_dir / "inference" / dataset / "posetrack_table.json"
+    name = "posetrack_tracking_table.json" if track else "posetrack_table.json"
+    results_file = output_dir / "inference" / dataset / name
     run_step(
-        "evaluate",
+        "evaluate tracking" if track else "evaluate",
         [
             sys.executable,
             "-m",
@@ -142,11 +150,17 @@ def posetrack_table(output_dir: Path, dataset: str, gt_dir: Path, log_dir: Path)
             str(pred_dir),
             "--json",
             str(results_file),
+            *(["--track"] if track else []),
         ],
-        log_dir / "evaluate.log",
+        log_dir / ("evaluate_tracking.log" if track else "evaluate.log"),
     )
     with open(results_file) as f:
         return json.load(f)
+
+
+def _num(v: Optional[float]) -> str:
+    # The --json output writes a NaN MOTA (no scored frame) as null.
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -230,6 +244,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = posetrack_table(
         train_dir, "synthetic_posetrack_val", data_root / "annotations" / "val", out / "logs"
     )
+    tracking = posetrack_table(
+        train_dir,
+        "synthetic_posetrack_val",
+        data_root / "annotations" / "val",
+        out / "logs",
+        track=True,
+    )
 
     # 4. Demos: a held-out synthetic video, then the user's clips.
     demo_outputs = []
@@ -270,7 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"  evaluation:    {train_dir / 'inference' / 'synthetic_posetrack_val'}",
     ]
     if results is not None:
-        lines.append(f"  PoseTrack mAP (synthetic_posetrack_val): {results['Total']:.1f}")
+        mota = "" if tracking is None else f", MOTA {_num(tracking['MOTA'])}"
+        lines.append(f"  PoseTrack mAP (synthetic_posetrack_val): {results['Total']:.1f}{mota}")
     for clip, demo_dir, name in demo_outputs:
         videos = [p for p in (demo_dir / f"{name}.mp4", demo_dir / f"{name}.avi") if p.exists()]
         lines.append(f"  demo of {clip}:")
@@ -284,6 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "seconds": times,
                 "total_seconds": total,
                 "mAP": None if results is None else results["Total"],
+                "MOTA": None if tracking is None else tracking["MOTA"],
             },
             f,
             indent=2,

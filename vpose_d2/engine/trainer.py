@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.build import build_clip_test_loader, build_clip_train_loader, check_registered
 from ..evaluation import COCOKeypointEvaluator, PoseTrackEvaluator
+from ..tracking import build_tracker
 from .checkpoint import MetricsJSONWriter, StrictShapeCheckpointer
 from .optim import build_vpose_optimizer
 
@@ -207,6 +208,7 @@ class VPoseTrainer(DefaultTrainer):
                 output_folder,
                 track=cfg.TEST.POSETRACK_TRACKING,
                 coco_oks_ap=cfg.TEST.COCO_OKS_AP,
+                tracker=build_tracker(cfg) if cfg.TEST.POSETRACK_TRACKING else None,
             )
         if evaluator_type == "coco_keypoints":
             return COCOKeypointEvaluator(dataset_name)
