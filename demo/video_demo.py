@@ -3,8 +3,9 @@
 Writes, under ``--output``, the video with every person's pose drawn (``NAME.mp4``, or
 ``NAME.avi`` with MJPG where this OpenCV build has no mp4v encoder) and the predictions as a
 PoseTrack 2018 file (``NAME.json``, written by ``vpose_d2.evaluation.writer``). A person's
-``track_id`` is the model's track id where the model tracks (``pred_track_ids``); otherwise it
-is the person's rank in its frame, unique within the frame but not a track across frames.
+``track_id`` is the person's track over the video (``VideoPosePredictor``'s tracker,
+``MODEL.TRACKER``: VEPE's instance embeddings, else OKS between poses); with
+``MODEL.TRACKER.NAME none`` it is the person's rank in its frame, which is not a track.
 Drawing is ``vpose_d2.utils.visualizer.draw_poses``: one colour per track id (or rank).
 
 Example::
@@ -78,9 +79,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         required=True,
-        help="folder for NAME.mp4 (drawn poses) and NAME.json (PoseTrack predictions; track_id "
-        "is the model's track id where it tracks, else the person's rank in the frame, which "
-        "is not a track)",
+        help="folder for NAME.mp4 (drawn poses, a colour per track) and NAME.json (PoseTrack "
+        "predictions with the tracker's track_id; see MODEL.TRACKER)",
     )
     parser.add_argument(
         "--confidence-threshold",

@@ -93,6 +93,8 @@ def _cfg(offsets):
     cfg.INPUT.MAX_SIZE_TEST = 32
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
+    # The stand-in's poses are frame ids, not people: nothing to track.
+    cfg.MODEL.TRACKER.NAME = "none"
     return cfg
 
 
@@ -354,3 +356,39 @@ def test_pave_streaming_equals_windowed_recomputation(
         assert len(a) == len(b) == 6
         torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(a.pred_keypoints, b.pred_keypoints, atol=1e-3, rtol=1e-4)
+
+
+def test_results_carry_track_ids_that_follow_the_person():
+    """The predictor's tracker gives each stream its own ids: a person that moves a little
+    per frame keeps its id, a second call starts again at 0."""
+
+    class _WalkingModel(_FrameIdModel):
+        def decode(self, windows, output_sizes):
+            ((height, width),) = output_sizes
+            t = windows[0][self.frame_offsets.index(0)].value
+            # Two persons far apart, listed in an order that changes every frame.
+            base = torch.tensor([[10.0 + 0.5 * t, 10.0], [200.0 - 0.5 * t, 120.0]])
+            order = [t % 2, 1 - t % 2]
+            kpts = torch.zeros(2, 5, 3)
+            kpts[..., :2] = base[order][:, None] + torch.arange(5.0)[None, :, None] * 20.0
+            kpts[..., 2] = 1.0
+            inst = Instances((height, width))
+            inst.pred_keypoints, inst.scores = kpts, torch.tensor([0.9, 0.8])
+            inst.pred_boxes = Boxes(torch.zeros(2, 4))
+            inst.pred_classes = torch.zeros(2, dtype=torch.int64)
+            return [inst]
+
+    cfg = _cfg([])
+    cfg.MODEL.VPOSE.NUM_KEYPOINTS = 5
+    cfg.MODEL.VPOSE.OKS_SIGMAS = [0.08] * 5
+    cfg.MODEL.TRACKER.NAME = "auto"
+    predictor = VideoPosePredictor(cfg, model=_WalkingModel())
+    assert predictor.track
+    for _ in range(2):
+        ids = [r.instances.pred_track_ids.tolist() for r in predictor(_video(4))]
+        # Frame t lists the persons in order [t % 2, 1 - t % 2]: the ids swap with the order.
+        assert ids == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    cfg.MODEL.TRACKER.NAME = "none"
+    untracked = VideoPosePredictor(cfg, model=_WalkingModel())
+    assert not untracked.track
+    assert not any(r.instances.has("pred_track_ids") for r in untracked(_video(2)))

@@ -32,6 +32,7 @@ from detectron2.structures import Instances
 
 from ..data.clip import clip_offsets, window_indices
 from ..data.clip_mapper import build_test_resize
+from ..tracking import build_tracker
 from .checkpoint import StrictShapeCheckpointer
 
 __all__ = ["PredictedFrame", "VideoPosePredictor"]
@@ -66,6 +67,7 @@ class VideoPosePredictor:
         key_index (int): position of the key frame in the window.
         streaming (bool): whether frames are encoded once and cached.
         value_cache (bool): whether streaming also caches the decoders' value projections.
+        track (bool): whether results carry ``pred_track_ids`` from a tracker.
 
     Examples:
     ::
@@ -81,6 +83,7 @@ class VideoPosePredictor:
         cache: bool = True,
         model: Optional[torch.nn.Module] = None,
         value_cache: bool = True,
+        track: bool = True,
     ):
         """
         Args:
@@ -92,6 +95,10 @@ class VideoPosePredictor:
             value_cache: with ``cache``, also keep each frame's per-layer value projections
                 for the decoders (``encode_frames(..., cache_values=True)``, the default);
                 False has every window project its frames' memories again (to compare).
+            track: give every person a ``pred_track_ids`` that follows it through the video,
+                with the tracker ``MODEL.TRACKER`` names (``"none"`` there, or False here,
+                leaves the model's output untracked). Each call of the predictor is one video
+                and gets a tracker of its own.
         """
         self.cfg = cfg.clone()  # the model may modify its config
         if model is None:
@@ -121,6 +128,7 @@ class VideoPosePredictor:
             )
         self.streaming = bool(cache)
         self.value_cache = bool(value_cache)
+        self.track = bool(track) and build_tracker(self.cfg) is not None
         self._past = -self.offsets[0]
         self._future = self.offsets[-1]
 
@@ -197,10 +205,11 @@ class VideoPosePredictor:
         Yields:
             a :class:`PredictedFrame` for every frame, in order: its index, the frame as given
             and Instances in the frame's original pixels with ``pred_keypoints (N, K, 3)``
-            [x, y, score], ``scores (N,)``, ``pred_boxes`` and, where the model tracks,
-            ``pred_track_ids``. Results lag the input by the window's future offsets, so the
+            [x, y, score], ``scores (N,)``, ``pred_boxes`` and, unless ``track`` is off,
+            ``pred_track_ids (N,)`` (-1 for persons below ``MODEL.TRACKER.MIN_SCORE``). Results lag the input by the window's future offsets, so the
             predictor holds those frames until their result is out.
         """
+        tracker = build_tracker(self.cfg) if self.track else None
         cache: Dict[int, Any] = {}  # frame index -> encoder memory (or pixels)
         sizes: Dict[int, Dict[str, Any]] = {}  # frame index -> {"height", "width"}
         waiting: Dict[int, np.ndarray] = {}  # frame index -> the frame, until its result is out
@@ -224,12 +233,16 @@ class VideoPosePredictor:
             # The window of key frame k reaches k + future: ready once that frame is read.
             while next_key + self._future <= index:
                 instances = self._run_key(next_key, cache, sizes, None)
+                if tracker is not None:
+                    instances = tracker(instances)
                 yield PredictedFrame(next_key, waiting.pop(next_key), instances)
                 next_key += 1
                 self._evict(cache, sizes, next_key)
         # End of the stream: the last keys' future neighbours repeat the last frame.
         while next_key < num_read:
             instances = self._run_key(next_key, cache, sizes, num_read)
+            if tracker is not None:
+                instances = tracker(instances)
             yield PredictedFrame(next_key, waiting.pop(next_key), instances)
             next_key += 1
             self._evict(cache, sizes, next_key)

@@ -302,7 +302,8 @@ def instances_to_persons(
     persons = []
     for i in np.flatnonzero(scores >= min_score):
         person = {"keypoints": keypoints[i], "score": float(scores[i])}
-        if tracks is not None:
+        # -1: the tracker left the person untracked; the writer gives it an id unused in the frame.
+        if tracks is not None and tracks[i] >= 0:
             person["track_id"] = int(tracks[i])
         persons.append(person)
     return persons
