@@ -17,6 +17,11 @@ Subcommands::
 and the single steps that ``run`` starts as subprocesses (``env-info``, ``build-info``,
 ``op-bench``, ``train``, ``latency``). Only the standard library is imported at module level:
 ``run`` and the wheel checks work before anything is installed.
+
+On a lent machine, from a checkout where ``make gpu-wheels`` has run: one device call with
+the command ``bash tools/gpu_check.sh --out $OUT --budget 500``, ``gpu_wheels`` carried and
+a timeout of 560 s (the steps stop themselves at the budget and every finished step is
+already in ``$OUT/gpu_check.json``). ``--steps`` reruns a subset, e.g. what failed.
 """
 
 import argparse
@@ -617,7 +622,9 @@ def cmd_build_info(args: argparse.Namespace) -> int:
             ptx = subprocess.run([cuobjdump, "--list-ptx", str(so)], capture_output=True, text=True)
             info["ptx_archs"] = sorted(set(re.findall(r"\.(sm_\d+a?)\.", ptx.stdout)))
     ok = info["cuda_kernel"]
-    if args.arch and "sass_archs" in info:  # without cuobjdump only the kernel's presence counts
+    # Machine code for other architectures only is a failure; no cuobjdump, or a listing this
+    # does not parse, leaves only the kernel's presence to count.
+    if args.arch and info.get("sass_archs"):
         wanted = {
             f"sm_{a.strip().replace('.', '')}" for a in re.split(r"[;, ]+", args.arch) if a.strip()
         }
@@ -1602,6 +1609,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             print("gpu_check: every script flag the steps use exists")
         return CheckRun(ctx, steps, args.budget, args.dry_run).run()
+    # The steps check this tree's vpose_d2, also where another copy is installed.
+    sys.path.insert(0, str(REPO))
     handlers = {
         "env-info": cmd_env_info,
         "build-info": cmd_build_info,
