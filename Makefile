@@ -10,7 +10,7 @@ ifeq ($(origin CUDA_HOME), undefined)
 endif
 export MAX_JOBS ?= 2
 
-.PHONY: setup test demo benchmark format clean
+.PHONY: setup test demo benchmark format clean gpu-wheels
 
 setup: .venv/.setup-done
 
@@ -30,6 +30,11 @@ demo: setup
 
 benchmark: setup
 	$(PY) tools/benchmark_ops.py
+
+# Wheels the lent GPU machine lacks (Detectron2 and its requirements), for tools/gpu_check.sh:
+# carry gpu_wheels/ with the device call. Needs the package registry; checks the folder after.
+gpu-wheels:
+	$(PY) tools/gpu_check.py wheels --dir gpu_wheels
 
 format:
 	$(PY) -m black -l 100 vpose_d2 tools tests demo setup.py
