@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["clip_key_index", "frame_targets"]
+__all__ = ["clip_key_index", "frame_targets", "select_joint_persons"]
 
 
 def clip_key_index(d: Dict) -> int:
@@ -85,3 +85,21 @@ def frame_targets(
             }
         )
     return targets
+
+
+def select_joint_persons(
+    indices: List[Tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
+    """Slots for the joint decoder from the matched queries (training).
+
+    Returns:
+        query indices (B, P) (padded with 0, P >= 1) and, per image, (slot indices, target
+        indices) of the real slots.
+    """
+    p = max([1] + [len(src) for src, _ in indices])
+    slots = torch.zeros((len(indices), p), dtype=torch.int64, device=device)
+    joint_targets = []
+    for b, (src, tgt) in enumerate(indices):
+        slots[b, : len(src)] = src.to(device)
+        joint_targets.append((torch.arange(len(src), dtype=torch.int64), tgt))
+    return slots, joint_targets

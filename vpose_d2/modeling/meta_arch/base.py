@@ -10,7 +10,9 @@ one flow, for training, evaluation and streaming alike::
 A sibling model says what differs by overriding :meth:`predict` (and, where it supervises
 more, :meth:`losses`); :meth:`encode_frame_tokens` is the per-frame work a stream caches and
 :meth:`encode_window` the work that needs the whole window. :meth:`encode_frames` and
-:meth:`decode` are the streaming halves of :meth:`forward`.
+:meth:`decode` are the streaming halves of :meth:`forward` (``streaming.py``); PETR's stages
+that siblings call (:meth:`propose`, :meth:`spatial_stage`, :meth:`refine_joints`,
+:meth:`set_losses`, :meth:`inference`) live in ``petr_stages.py``.
 """
 
 import logging
@@ -18,11 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone, build_backbone
-from detectron2.structures import ImageList, Instances
-from detectron2.utils.events import get_event_storage
+from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,8 +30,8 @@ from vpose_d2.layers.position_encoding import PositionEmbeddingSine
 
 from ..clip_memory import ClipMemory
 from ..criterion import PoseSetCriterion
+from ..keypoint_meta import resolve_keypoint_meta
 from ..losses.heatmap import KeypointHeatmapHead
-from ..postprocess import to_instances
 from ..targets import clip_key_index, frame_targets
 from ..transformer import (
     DeformableEncoder,
@@ -39,77 +39,16 @@ from ..transformer import (
     PoseDecoder,
     PoseProposalHead,
     flatten_levels,
-    next_references,
 )
+from .petr_stages import PETRStagesMixin
+from .streaming import StreamingMixin
 
 __all__ = ["PoseModelBase", "resolve_keypoint_meta"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_keypoint_meta(cfg) -> Tuple[int, List[float]]:
-    """K and the OKS sigmas from the config, else the first training dataset's metadata.
-
-    Returns:
-        (K, K OKS sigmas).
-    """
-    from vpose_d2.data.keypoints import COCO, POSETRACK
-
-    k = cfg.MODEL.VPOSE.NUM_KEYPOINTS
-    sigmas = list(cfg.MODEL.VPOSE.OKS_SIGMAS)
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if len(cfg.DATASETS.TRAIN) else None
-    if k == 0:
-        names = getattr(meta, "keypoint_names", None) if meta is not None else None
-        if not names:
-            raise ValueError(
-                "MODEL.VPOSE.NUM_KEYPOINTS is 0 and the metadata of DATASETS.TRAIN[0] "
-                f"({cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else 'none'}) has no "
-                "keypoint_names: set one of them"
-            )
-        k = len(names)
-    if not sigmas and meta is not None:
-        sigmas = list(getattr(meta, "keypoint_oks_sigmas", None) or [])
-    if not sigmas:
-        for layout in (POSETRACK, COCO):
-            if layout.num_keypoints == k:
-                sigmas = list(layout.oks_sigmas)
-                break
-    if not sigmas:
-        # An unknown layout: a middle-of-the-road sigma for every joint.
-        sigmas = [0.08] * k
-    if len(sigmas) != k:
-        raise ValueError(f"{len(sigmas)} OKS sigmas for {k} keypoints (MODEL.VPOSE.OKS_SIGMAS)")
-    return k, sigmas
-
-
-def put_scalars(**values: float) -> None:
-    """Diagnostics to the trainer's event storage; nothing outside a trainer."""
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        return
-    storage.put_scalars(**values)
-
-
-def select_joint_persons(
-    indices: List[Tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
-    """Slots for the joint decoder from the matched queries (training).
-
-    Returns:
-        query indices (B, P) (padded with 0, P >= 1) and, per image, (slot indices, target
-        indices) of the real slots.
-    """
-    p = max([1] + [len(src) for src, _ in indices])
-    slots = torch.zeros((len(indices), p), dtype=torch.int64, device=device)
-    joint_targets = []
-    for b, (src, tgt) in enumerate(indices):
-        slots[b, : len(src)] = src.to(device)
-        joint_targets.append((torch.arange(len(src), dtype=torch.int64), tgt))
-    return slots, joint_targets
-
-
-class PoseModelBase(nn.Module):
+class PoseModelBase(PETRStagesMixin, StreamingMixin, nn.Module):
     """The shared base of the pose models (not registered: the siblings are).
 
     Inputs follow the Clip contract (docs/INTERNALS.md): ``image`` (T, 3, H, W) with
@@ -388,56 +327,6 @@ class PoseModelBase(nn.Module):
             self.encode_frame_tokens(self.embed_clips(images, masks, image_sizes))
         )
 
-    # ------------------------------------------------------------------ PETR's stages
-    def propose(self, clip: ClipMemory, frame: int = 0) -> Dict[str, torch.Tensor]:
-        """Token-wise pose proposals on ``frame`` of every clip (the proposal head's dict)."""
-        return self.proposal_head(
-            clip.memory[:, frame],
-            clip.padding_mask[:, frame],
-            clip.spatial_shapes,
-            clip.valid_ratios[:, frame],
-        )
-
-    def spatial_stage(self, clip: ClipMemory) -> Dict:
-        """Proposals and the pose decoder on every frame on its own, in one batched call (the
-        image model; VEPE's spatial phase).
-
-        Returns:
-            ``proposals`` (the proposal head's dict over the B * T frames) and
-            ``pose_layers``: per decoder layer ``poses`` (B * T, 1, N, K, 2), ``logits``
-            (B * T, N), ``sigmas`` (B * T, N, K, 2), ``queries`` (B * T, N, C).
-        """
-        frames = clip.fold_time()
-        prop = self.propose(frames)
-        layers = self.pose_decoder(
-            prop["query_content"],
-            prop["reference_poses"][:, None],
-            frames,
-            key_index=0,
-            values=frames.flat_values("pose_decoder"),
-        )
-        return {"proposals": prop, "pose_layers": layers}
-
-    def refine_joints(
-        self, poses: torch.Tensor, slots: torch.Tensor, clip: ClipMemory
-    ) -> List[Dict[str, torch.Tensor]]:
-        """The joint decoder on persons ``slots`` (B, P) of ``poses`` (B, T, Q, K, 2); returns
-        its per-layer outputs.
-
-        The poses are detached as between decoder layers; with the joint decoder's
-        ``neighbour_reference_grad`` the neighbour frames' are not, so the last pose-decoder
-        layer's neighbour refinements learn through its sampling locations.
-        """
-        b, t, _, k, _ = poses.shape
-        poses = next_references(poses, self.key_index, self.joint_decoder.neighbour_reference_grad)
-        index = slots[:, None, :, None, None].expand(b, t, -1, k, 2)
-        return self.joint_decoder(
-            torch.gather(poses, 2, index),
-            clip,
-            key_index=self.key_index,
-            values=clip.flat_values("joint_decoder"),
-        )
-
     # ------------------------------------------------------------------ the flow
     def predict(self, clip: ClipMemory) -> Dict:
         """The model's stages on encoded clips.
@@ -483,178 +372,3 @@ class PoseModelBase(nn.Module):
                 targets,
             )
         return losses
-
-    def set_losses(
-        self, out: Dict, clip: ClipMemory, targets: List[Dict], prefix: str = ""
-    ) -> Dict[str, torch.Tensor]:
-        """Hungarian matching on the last stage (the last pose layer, else the proposals, as
-        the criterion defines it); the criterion on the proposals, every pose layer and every
-        joint-decoder layer (the joint decoder refines the matched persons).
-
-        Args:
-            out: :meth:`predict`'s dict (poses with a T axis; supervised on the key frame).
-            clip: the encoded clips the joint decoder samples.
-            targets: the key frame's targets.
-            prefix: stage-name prefix of the loss names.
-        """
-        key = self.key_index
-        prop = out["proposals"]
-        pose_layers = [
-            {"logits": o["logits"], "poses": o["poses"][:, key], "sigmas": o["sigmas"]}
-            for o in out["pose_layers"]
-        ]
-        last = pose_layers[-1] if pose_layers else prop
-        indices = self.criterion.match(last, targets, last.get("valid"))
-        last["indices"] = indices
-        scores = last["logits"].detach().sigmoid()
-        if "valid" in last:
-            scores = scores.masked_fill(~last["valid"], 0.0)
-        outputs = {"proposals": prop, "pose_layers": pose_layers}
-        if self.joint_decoder is not None:
-            if out["pose_layers"]:
-                source = out["pose_layers"][-1]["poses"]
-            else:
-                # Every frame starts from the key frame's proposal.
-                b, s, k, _ = prop["poses"].shape
-                source = prop["poses"][:, None].expand(b, clip.num_frames, s, k, 2)
-            slots, joint_targets = select_joint_persons(indices, self.device)
-            joint = self.refine_joints(source, slots, clip)
-            outputs["joint_layers"] = [
-                {"joints": o["joints"][:, key], "sigmas": o["sigmas"]} for o in joint
-            ]
-            outputs["joint_targets"] = joint_targets
-        losses = self.criterion(outputs, targets, prefix=prefix)
-        with torch.no_grad():
-            matched = [scores[b, src.to(self.device)] for b, (src, _) in enumerate(indices)]
-            matched = torch.cat(matched) if matched else scores.new_zeros(0)
-            put_scalars(
-                **{
-                    f"{prefix}num_persons": float(sum(len(t["keypoints"]) for t in targets)),
-                    f"{prefix}matched_score": float(matched.mean()) if matched.numel() else 0.0,
-                    f"{prefix}max_score": float(scores.max()),
-                }
-            )
-        return losses
-
-    def inference(
-        self, out: Dict, clip: ClipMemory, output_sizes: Sequence[Tuple[int, int]]
-    ) -> List[Instances]:
-        """The joint decoder on the top persons of ``out["final"]``, then the top persons as
-        Instances in ``output_sizes``."""
-        final = out["final"]
-        key = self.key_index
-        scores = final["logits"].sigmoid()  # (B, N)
-        poses = final["poses"][:, key].clone()  # (B, N, K, 2)
-        sigmas = final["sigmas"].clone()
-        if self.joint_decoder is not None and self.num_joint_persons_test > 0:
-            p = min(self.num_joint_persons_test, scores.shape[1])
-            slots = scores.topk(p, dim=1).indices
-            joint = self.refine_joints(final["poses"], slots, clip)[-1]
-            index = slots[:, :, None, None].expand(-1, -1, self.num_keypoints, 2)
-            poses.scatter_(1, index, joint["joints"][:, key])
-            sigmas.scatter_(1, index, joint["sigmas"])
-        return to_instances(
-            scores,
-            poses,
-            sigmas,
-            output_sizes,
-            detections_per_image=self.detections_per_image,
-            sigma_scores=self.sigma_scores,
-            extra_fields=out.get("person_fields"),
-        )
-
-    # ------------------------------------------------------------------ streaming
-    def value_cache_decoders(self) -> Dict[str, nn.Module]:
-        """Decoders whose cross-attention values a stream projects once per frame (their
-        memory is the per-frame encoder output)."""
-        named = {"pose_decoder": self.pose_decoder, "joint_decoder": self.joint_decoder}
-        return {name: d for name, d in named.items() if d is not None}
-
-    def encode_frames(self, frames: Sequence[Dict], cache_values: bool = True) -> List[ClipMemory]:
-        """The per-frame work on frames, one batched call, for later :meth:`decode`.
-
-        Args:
-            frames: dicts with ``image`` uint8 (3, H, W) in ``INPUT.FORMAT`` (the predictor's
-                items). Frames that will share a window must have one size.
-            cache_values: also project each frame's memory for every decoder layer of
-                :meth:`value_cache_decoders`, so that :meth:`decode` projects nothing: one
-                projection per frame instead of one per window the frame is in, at the price
-                of keeping (number of decoder layers) times the memory's size per frame.
-
-        Returns:
-            One one-frame :class:`ClipMemory` per frame, in order.
-        """
-        images = []
-        for i, d in enumerate(frames):
-            image = d.get("image") if isinstance(d, dict) else None
-            if not isinstance(image, torch.Tensor) or image.dim() != 3:
-                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else image
-                name = d.get("file_name", "?") if isinstance(d, dict) else type(d).__name__
-                raise ValueError(
-                    f"encode_frames: frame {i} ({name}) needs 'image' (3, H, W), got {shape}"
-                )
-            images.append(image[None])
-        if not images:
-            return []
-        clip = self.encode_frame_tokens(self.embed_clips(*self.normalize_and_pad(images)))
-        if cache_values and clip.pos is None:
-            mask = clip.padding_mask[:, 0]
-            values = {}
-            for name, decoder in self.value_cache_decoders().items():
-                layers = decoder.project_values(clip.memory[:, 0], mask)
-                values[name] = tuple(v[:, None] for v in layers)
-            clip.values = values
-        return clip.split_frames()
-
-    def check_cached_frame(self, m: ClipMemory, where: str) -> None:
-        """Refuse a cached frame another model encoded."""
-        cached = {n: len(v) for n, v in m.values.items()}
-        mine = {n: len(d.layers) for n, d in self.value_cache_decoders().items()}
-        if (m.pos is None) != self.frames_encoded:
-            raise ValueError(
-                f"decode: {where} was encoded by another model (encoder output: "
-                f"{m.pos is None}, this model caches encoder output: {self.frames_encoded})"
-            )
-        if cached and cached != mine:
-            raise ValueError(
-                f"decode: {where} holds values of {cached} decoder layers, this model has "
-                f"{mine}: it was encoded by another model"
-            )
-
-    @property
-    def frames_encoded(self) -> bool:
-        """Whether :meth:`encode_frame_tokens` leaves encoder output (else tokens + pos)."""
-        return True
-
-    def decode(
-        self,
-        windows: Sequence[Sequence[ClipMemory]],
-        output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
-    ) -> List[Instances]:
-        """Poses in the key frame of cached windows (inference only).
-
-        Args:
-            windows: B windows of T one-frame :class:`ClipMemory` from :meth:`encode_frames`,
-                in the model's frame order, all frames of one size.
-            output_sizes: (height, width) of each window's original key frame, the size the
-                poses are returned in (default: the size the key frame was encoded at).
-
-        Returns:
-            B Instances (docs/INTERNALS.md's model output), one per window.
-        """
-        if len(windows) == 0:
-            return []
-        for c, window in enumerate(windows):
-            if len(window) != self.num_frames:
-                raise ValueError(
-                    f"decode: window {c} holds {len(window)} frames, {type(self).__name__} "
-                    f"needs T={self.num_frames}"
-                )
-            for t, m in enumerate(window):
-                self.check_cached_frame(m, f"frame {t} of window {c}")
-        if output_sizes is None:
-            output_sizes = [w[self.key_index].image_sizes[0] for w in windows]
-        if len(output_sizes) != len(windows):
-            raise ValueError(f"decode: {len(output_sizes)} output sizes for {len(windows)} windows")
-        clip = self.encode_window(ClipMemory.stack(windows))
-        return self.inference(self.predict(clip), clip, output_sizes)
