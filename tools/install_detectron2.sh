@@ -19,6 +19,7 @@
 set -euo pipefail
 PY=${1:-python}
 MODE=${2:-install}
+case "$MODE" in install | --check) ;; *) echo "usage: $0 [PYTHON] [--check]" >&2; exit 2 ;; esac
 
 # The installed file that carries the backport's marker, and one model-zoo config: an install
 # holding both was made by this version of the script.
