@@ -105,7 +105,12 @@ class VideoPosePredictor:
             model = build_model(self.cfg)
             if self.cfg.MODEL.WEIGHTS:
                 strict = self.cfg.MODEL.WEIGHTS_STRICT_SHAPES
-                StrictShapeCheckpointer(model, strict_shapes=strict).load(self.cfg.MODEL.WEIGHTS)
+                StrictShapeCheckpointer(
+                    model,
+                    strict_shapes=strict,
+                    check_layout=self.cfg.MODEL.WEIGHTS_CHECK_LAYOUT,
+                    cfg=self.cfg,
+                ).load(self.cfg.MODEL.WEIGHTS)
             else:
                 logger.warning("MODEL.WEIGHTS is empty: predicting with random weights.")
         self.model = model.eval()
