@@ -129,11 +129,29 @@ def test_compiled_cpu_gradcheck_float64():
         (1, 1, 1, 1, [(1, 1)], 1),
         (3, 11, 4, 5, [(9, 7), (5, 4), (3, 2), (1, 1)], 4),  # D not a multiple of 8 lanes
         (1, 5, 2, 16, [(8, 8), (4, 4), (2, 2), (1, 1)] * 3, 2),  # 3 frames x 4 levels
+        (2, 33, 8, 32, [(16, 16), (8, 8), (4, 4), (2, 2)], 4),  # encoder-like, SIMD rows
+        (1, 300, 2, 64, [(8, 8), (4, 4)], 2),  # several forward tasks per head
+        (2, 9, 1, 32, [(5, 6), (3, 3)], 3),  # one head: no head-major copies
     ],
-    ids=["two-levels", "minimal", "four-levels", "3frames-x-4levels"],
+    ids=[
+        "two-levels",
+        "minimal",
+        "four-levels",
+        "3frames-x-4levels",
+        "encoder-like",
+        "Q300-D64",
+        "one-head",
+    ],
 )
 def test_compiled_cpu_matches_reference(B, Q, M, D, shapes, P):
     assert_parity(*make_inputs(B, Q, M, D, shapes, P))
+
+
+@needs_ext
+@pytest.mark.parametrize("D", [16, 5])
+def test_compiled_cpu_matches_reference_float64(D):
+    inputs = make_inputs(2, 13, 3, D, [(7, 6), (4, 3)], 3, torch.float64)
+    assert_parity(*inputs, atol=1e-12, grad_atol=1e-11)
 
 
 @needs_ext
@@ -157,14 +175,63 @@ def test_points_outside_every_map_give_zeros_and_zero_gradients():
     far = torch.tensor([-3.0, 5.0, -1.0 / 3, 1e30]).view(1, 4, 1, 1, 1, 1)
     loc = far.expand_as(loc).clone()
     assert_parity(value, shapes, starts, loc, attn)
-    # Infinite and NaN locations also sample nothing (grid_sample would give NaN there).
-    loc[0, :2] = float("inf")
-    loc[0, 2:] = float("nan")
-    for locations in (far.expand_as(loc), loc):
-        out, grads = run_with_grads("compiled", value, shapes, starts, locations, attn)
-        assert torch.count_nonzero(out) == 0
-        for g in grads:
-            assert torch.count_nonzero(g) == 0
+    out, grads = run_with_grads("compiled", value, shapes, starts, loc, attn)
+    assert torch.count_nonzero(out) == 0
+    for g in grads:
+        assert torch.count_nonzero(g) == 0
+
+
+def assert_same_including_nan(got, expected, what):
+    """Equal values (to float tolerance) and NaN exactly where `expected` has NaN."""
+    torch.testing.assert_close(
+        got, expected, atol=1e-5, rtol=1e-5, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def nan_location_inputs(bad: float, coordinate: str, dtype=torch.float64, device="cpu"):
+    """Random inputs where three samples have a non-finite x, y or both (`coordinate`)."""
+    value, shapes, starts, loc, attn = make_inputs(
+        2, 5, 3, 4, [(4, 5), (2, 3)], 2, dtype=dtype, device=device
+    )
+    components = {"x": [0], "y": [1], "xy": [0, 1]}[coordinate]
+    for b, q, m, lvl, p in [(0, 1, 0, 0, 1), (1, 3, 2, 1, 0), (1, 4, 1, 0, 0)]:
+        loc[b, q, m, lvl, p, components] = bad
+    return value, shapes, starts, loc, attn
+
+
+@needs_ext
+@pytest.mark.parametrize("coordinate", ["x", "y", "xy"])
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_locations_give_nan_as_the_reference_does(bad, coordinate, dtype):
+    # One behaviour for every implementation (the reference's, F.grid_sample's): a non-finite
+    # location makes its head's output NaN, never a silent zero.
+    value, shapes, starts, loc, attn = nan_location_inputs(bad, coordinate, dtype)
+    out_c, grads_c = run_with_grads("compiled", value, shapes, starts, loc, attn)
+    out_r, grads_r = run_with_grads("reference", value, shapes, starts, loc, attn)
+    head_is_nan = out_r.view(2, 5, 3, 4).isnan()
+    assert head_is_nan.all(-1).sum() == 3 and (head_is_nan.any(-1) == head_is_nan.all(-1)).all()
+    assert_same_including_nan(out_c, out_r, "output")
+    for name, gc, gr in zip(("value", "sampling_locations", "attention_weights"), grads_c, grads_r):
+        assert_same_including_nan(gc, gr, f"grad {name}")
+    assert torch.isfinite(grads_c[0]).all(), "a non-finite location must not reach grad_value"
+    assert grads_c[2].isnan().sum() == 3
+
+
+@needs_ext
+def test_non_finite_attention_weights_give_nan_outputs_as_the_reference_does():
+    value, shapes, starts, loc, attn = make_inputs(1, 4, 1, 3, [(3, 4), (2, 2)], 1)
+    loc[0, 0, 0, 0, 0] = torch.tensor([5.0, 0.5])  # off the map
+    loc[0, 2, 0, 0, 0] = torch.tensor([-3.0, 7.0])  # off the map
+    attn[0, :2, 0, 0, 0] = float("nan")
+    attn[0, 2:, 0, 0, 0] = float("inf")
+    out_c = ms_deform_attn(value, shapes, starts, loc, attn, impl="compiled")
+    out_r = ms_deform_attn(value, shapes, starts, loc, attn, impl="reference")
+    # 0 * NaN and 0 * inf are NaN even where the sample reads nothing; inf * sample is +-inf.
+    assert out_r[0, :3].isnan().all() and out_r[0, 3].isinf().all()
+    assert_same_including_nan(out_c, out_r, "output")
 
 
 @needs_ext
@@ -195,9 +262,10 @@ def test_non_contiguous_inputs():
 
 
 @needs_ext
+@pytest.mark.parametrize("M", [2, 1], ids=["two-heads", "one-head"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_reduced_precision_cpu_accumulates_in_float32(dtype):
-    value, shapes, starts, loc, attn = make_inputs(1, 9, 2, 8, [(6, 6), (3, 3)], 4, dtype)
+def test_reduced_precision_cpu_accumulates_in_float32(dtype, M):
+    value, shapes, starts, loc, attn = make_inputs(1, 9, M, 8, [(6, 6), (3, 3)], 4, dtype)
     out, grads = run_with_grads("compiled", value, shapes, starts, loc, attn)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     as32 = [t.float() for t in (value, loc, attn)]
@@ -280,6 +348,184 @@ def test_kernel_rejects_non_contiguous_and_inconsistent_levels():
         torch.ops.vpose_d2.ms_deform_attn_forward(value_nc, shapes, starts, loc, attn)
     with pytest.raises(RuntimeError, match="level 0 spans rows"):
         torch.ops.vpose_d2.ms_deform_attn_forward(value, shapes * 2, starts, loc, attn)
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "H,W",
+    [(2**33, 2**31), (2**32, 2**32), (2**62, 4), (2**31 - 1, 2**40)],
+    ids=["2^33x2^31", "2^32x2^32", "2^62x4", "huge-W"],
+)
+def test_kernel_level_check_cannot_overflow(H, W):
+    # H * W wraps around int64 to a small number (0 for the first three): a check written as
+    # start + H * W <= S accepted these tables and then read outside `value`. The locations are
+    # off the map so that code which wrongly accepts the table returns (zeros) instead of
+    # reading memory it does not own.
+    value, shapes, starts, loc, attn = make_inputs(1, 2, 2, 4, [(3, 3), (2, 2)], 2)
+    bad_shapes = shapes.clone()
+    bad_shapes[0] = torch.tensor([H, W])
+    loc = torch.full_like(loc, -10.0)
+    with pytest.raises(RuntimeError, match="level 0 spans rows"):
+        torch.ops.vpose_d2.ms_deform_attn_forward(value, bad_shapes, starts, loc, attn)
+    grad = torch.zeros(1, 2, 8)
+    with pytest.raises(RuntimeError, match="level 0 spans rows"):
+        torch.ops.vpose_d2.ms_deform_attn_backward(value, bad_shapes, starts, loc, attn, grad)
+
+
+@needs_ext
+@pytest.mark.parametrize("H,W", [(0, 3), (3, 0), (-1, -9)])
+def test_kernel_rejects_empty_or_negative_levels(H, W):
+    value, shapes, starts, loc, attn = make_inputs(1, 2, 2, 4, [(3, 3), (2, 2)], 2)
+    bad_shapes = shapes.clone()
+    bad_shapes[1] = torch.tensor([H, W])
+    with pytest.raises(RuntimeError, match="level 1 is .*both must be positive"):
+        torch.ops.vpose_d2.ms_deform_attn_forward(value, bad_shapes, starts, loc, attn)
+
+
+@needs_ext
+def test_second_order_gradients_raise_instead_of_returning_zeros():
+    value, shapes, starts, loc, attn = make_inputs(1, 3, 2, 4, [(3, 4), (2, 2)], 2, torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], impl="compiled")
+    # First-order gradients with create_graph=True still work (and match the reference) ...
+    grads = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
+    ref_leaves = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    ref = ms_deform_attn(ref_leaves[0], shapes, starts, ref_leaves[1], ref_leaves[2], "reference")
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), ref_leaves)):
+        torch.testing.assert_close(g.detach(), r, atol=1e-10, rtol=1e-7)
+    # ... but differentiating them again says it is not supported (PyTorch's fallback for an op
+    # without an autograd rule gave zeros with a warning).
+    with pytest.raises(RuntimeError, match="second-order gradients .* not supported"):
+        torch.autograd.grad(grads[1].square().sum(), leaves[1])
+    with pytest.raises(RuntimeError, match="second-order gradients .* not supported"):
+        torch.autograd.gradgradcheck(
+            lambda v, sl, aw: ms_deform_attn(v, shapes, starts, sl, aw, impl="compiled"),
+            tuple(t.detach().requires_grad_() for t in (value, loc, attn)),
+        )
+    # The reference has them.
+    assert torch.autograd.gradgradcheck(
+        lambda v, sl, aw: ms_deform_attn(v, shapes, starts, sl, aw, impl="reference"),
+        tuple(t.detach().requires_grad_() for t in (value, loc, attn)),
+    )
+
+
+def _fake_kernel_cases():
+    value, shapes, starts, loc, attn = make_inputs(1, 2, 2, 4, [(3, 3), (2, 2)], 2)
+    grad = torch.zeros(1, 2, 8)
+    meta = lambda t: t.to("meta")  # noqa: E731
+    base = [meta(t) for t in (value, shapes, starts, loc, attn)]
+
+    def forward(replace=None):
+        """The forward op's arguments on meta, with argument i replaced by replace[i]."""
+        return "forward", [(replace or {}).get(i, t) for i, t in enumerate(base)]
+
+    def backward(grad_output):
+        return "backward", base + [grad_output]
+
+    return {
+        "float64-weights": (forward({4: meta(attn.double())}), "`attention_weights` has dtype"),
+        "float64-locations": (forward({3: meta(loc.double())}), "`sampling_locations` has"),
+        "batch-mismatch": (
+            forward({3: meta(torch.cat([loc, loc])), 4: meta(torch.cat([attn, attn]))}),
+            "does not match",
+        ),
+        "weights-shape": (forward({4: meta(attn[..., :1])}), "`attention_weights` must be"),
+        "value-ndim": (forward({0: meta(value[0])}), "`value` must be 4-D"),
+        "shapes-dtype": (forward({1: meta(shapes.int())}), "`spatial_shapes` must be int64"),
+        "non-contiguous": (
+            forward({0: meta(value).transpose(1, 2).contiguous().transpose(1, 2)}),
+            "`value` must be contiguous",
+        ),
+        "meta-among-cpu": (
+            ("forward", [value, shapes, starts, meta(loc), attn]),
+            "`sampling_locations` is on meta but `value` is on cpu",
+        ),
+        "bad-grad-output": (backward(meta(torch.zeros(1, 2, 5))), "`grad_output` must be"),
+        "grad-output-dtype": (backward(meta(grad.double())), "`grad_output` has dtype"),
+        "grad-output-on-cpu": (backward(grad), "`grad_output` is on cpu"),
+    }
+
+
+_FAKE = _fake_kernel_cases()
+
+
+@needs_ext
+@pytest.mark.parametrize("case", list(_FAKE))
+def test_fake_kernels_check_like_the_real_ones(case):
+    (which, args), msg = _FAKE[case]
+    op = getattr(torch.ops.vpose_d2, f"ms_deform_attn_{which}")
+    with pytest.raises(RuntimeError, match=msg):
+        op(*args)
+
+
+@needs_ext
+def test_fake_kernels_under_fake_tensor_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    value, shapes, starts, loc, attn = make_inputs(2, 5, 3, 4, [(3, 3), (2, 2)], 2)
+    with FakeTensorMode() as mode:
+        fv, fs, fst, fl, fa = (mode.from_tensor(t) for t in (value, shapes, starts, loc, attn))
+        out = torch.ops.vpose_d2.ms_deform_attn_forward(fv, fs, fst, fl, fa)
+        assert out.shape == (2, 5, 12)
+        grads = torch.ops.vpose_d2.ms_deform_attn_backward(fv, fs, fst, fl, fa, out)
+        assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
+        with pytest.raises(RuntimeError, match="`attention_weights` has dtype"):
+            torch.ops.vpose_d2.ms_deform_attn_forward(fv, fs, fst, fl, fa.double())
+        with pytest.raises(RuntimeError, match="`grad_output` must be"):
+            torch.ops.vpose_d2.ms_deform_attn_backward(fv, fs, fst, fl, fa, out[:, :3])
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism: runs, thread counts and the two CPU instruction-set copies agree bit for bit
+# ----------------------------------------------------------------------------------------------
+def _encoder_like_inputs():
+    return make_inputs(2, 301, 8, 32, [(16, 16), (8, 8), (4, 4), (2, 2)], 4, spread=0.05)
+
+
+@needs_ext
+def test_compiled_cpu_is_deterministic_and_independent_of_the_thread_count():
+    inputs = _encoder_like_inputs()
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 1):
+            torch.set_num_threads(threads)
+            results.append(run_with_grads("compiled", *inputs))
+    finally:
+        torch.set_num_threads(before)
+    out0, grads0 = results[0]
+    for out, grads in results[1:]:
+        assert torch.equal(out, out0)
+        for g, g0 in zip(grads, grads0):
+            assert torch.equal(g, g0)
+
+
+@needs_ext
+def test_baseline_and_avx2_kernels_agree_bit_for_bit(tmp_path):
+    # VPOSE_CPU_KERNEL=baseline makes a process use the copy compiled for the baseline ISA; on an
+    # AVX2 machine the default is the AVX2 copy. Neither fuses multiply-adds, so they agree
+    # exactly (and the baseline copy is checked against the reference on this machine too).
+    inputs = _encoder_like_inputs()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from test_ms_deform_attn import assert_parity, run_with_grads
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        assert_parity(*inputs)
+        torch.save(run_with_grads("compiled", *inputs), {str(tmp_path / "baseline.pt")!r})
+        print("ok")
+        """)
+    env = {**os.environ, "VPOSE_CPU_KERNEL": "baseline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    out_b, grads_b = torch.load(tmp_path / "baseline.pt")
+    out, grads = run_with_grads("compiled", *inputs)
+    assert torch.equal(out, out_b)
+    for g, gb in zip(grads, grads_b):
+        assert torch.equal(g, gb)
 
 
 def test_unknown_impl_rejected():
@@ -495,3 +741,17 @@ def test_cuda_reduced_precision(dtype):
     torch.testing.assert_close(out.float(), out32, atol=tol, rtol=tol)
     torch.testing.assert_close(grads[0].float(), grads32[0], atol=tol, rtol=tol)
     assert math.isfinite(grads[1].float().abs().sum().item())
+
+
+@needs_cuda
+@needs_cuda_kernel
+@pytest.mark.parametrize("coordinate", ["x", "y", "xy"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_cuda_non_finite_locations_give_nan_as_the_reference_does(bad, coordinate):
+    value, shapes, starts, loc, attn = nan_location_inputs(bad, coordinate, device="cuda")
+    out_c, grads_c = run_with_grads("compiled", value, shapes, starts, loc, attn)
+    out_r, grads_r = run_with_grads("reference", value, shapes, starts, loc, attn)
+    assert out_r.isnan().any()
+    assert_same_including_nan(out_c, out_r, "output")
+    for name, gc, gr in zip(("value", "sampling_locations", "attention_weights"), grads_c, grads_r):
+        assert_same_including_nan(gc, gr, f"grad {name}")

@@ -73,16 +73,22 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     for (int64_t p = 0; p < n.P; ++p, ++sample) {
       const acc_t x = static_cast<acc_t>(loc[2 * sample]);
       const acc_t y = static_cast<acc_t>(loc[2 * sample + 1]);
-      if (!bilinear_corners<acc_t>(x, y, H, W, c)) {
-        continue;
-      }
       const acc_t a = static_cast<acc_t>(attn[sample]);
+      const SampleKind kind = bilinear_corners<acc_t>(x, y, H, W, c);
+      // The bilinear sample first, then its weight, as the reference computes it (which also
+      // decides how NaN and inf propagate): corners outside the map read 0, so a non-finite
+      // location (NaN weights) gives NaN, and an attention weight of NaN or inf gives NaN even
+      // for a sample with no corner on the map.
+      acc_t s = 0;
+      if (kind != kOutside) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (c.index[k] >= 0 && row_in_range(start + c.index[k], n.S)) {
-          acc += a * c.weight[k] * static_cast<acc_t>(level_value[c.index[k] * row_stride]);
+        for (int k = 0; k < 4; ++k) {
+          const bool in = c.index[k] >= 0 && row_in_range(start + c.index[k], n.S);
+          s += c.weight[k] *
+              (in ? static_cast<acc_t>(level_value[c.index[k] * row_stride]) : acc_t(0));
         }
       }
+      acc += a * s;
     }
   }
   out[idx] = static_cast<scalar_t>(acc);
@@ -136,25 +142,33 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     for (int64_t p = 0; p < n.P; ++p, ++sample) {
       const acc_t x = static_cast<acc_t>(loc[2 * sample]);
       const acc_t y = static_cast<acc_t>(loc[2 * sample + 1]);
-      if (!bilinear_corners<acc_t>(x, y, H, W, c)) {
-        continue;  // outputs are zero-initialised
-      }
       const acc_t a = static_cast<acc_t>(attn[sample]);
+      const SampleKind kind = bilinear_corners<acc_t>(x, y, H, W, c);
+      if (kind == kOutside) {
+        // Reads zeros: no gradient for the weight or value; the location gradient is a * 0,
+        // which the zero-initialised output holds unless a is NaN or inf.
+        if (lane == 0 && a - a != acc_t(0)) {
+          grad_loc[2 * sample] = static_cast<scalar_t>(a * acc_t(0));
+          grad_loc[2 * sample + 1] = static_cast<scalar_t>(a * acc_t(0));
+        }
+        continue;
+      }
       acc_t grad_a = 0;
       acc_t grad_x = 0;
       acc_t grad_y = 0;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        if (c.index[k] < 0 || !row_in_range(start + c.index[k], n.S)) {
-          continue;
-        }
-        const int64_t base = level_offset + c.index[k] * row_stride;
-        const acc_t coef = a * c.weight[k];
+        // A corner off the map (or past an inconsistent level table) reads 0: its dot product
+        // is 0, which still carries the NaN weights of a non-finite location into the sums.
         acc_t dot = 0;
-        for (int64_t d = lane; d < n.D; d += kWarp) {
-          const acc_t go = static_cast<acc_t>(g[d]);
-          dot += go * static_cast<acc_t>(value[base + d]);
-          atomicAdd(grad_value + base + d, coef * go);
+        if (c.index[k] >= 0 && row_in_range(start + c.index[k], n.S)) {
+          const int64_t base = level_offset + c.index[k] * row_stride;
+          for (int64_t d = lane; d < n.D; d += kWarp) {
+            const acc_t go = static_cast<acc_t>(g[d]);
+            dot += go * static_cast<acc_t>(value[base + d]);
+            // The gradient reaching the bilinear sample is grad_out * a, as for the reference.
+            atomicAdd(grad_value + base + d, c.weight[k] * (go * a));
+          }
         }
         grad_a += c.weight[k] * dot;
         grad_x += c.dweight_dx[k] * dot;

@@ -16,6 +16,20 @@ is that of ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=
 locations are (x, y) normalized to [0, 1] over each level. A clip of T frames is T*L levels:
 concatenate the frames' maps along S and repeat the shapes, one softmax then spans all T*L*P
 samples of a head.
+
+Non-finite inputs behave the same in every implementation (compiled CPU and CUDA kernels and
+the reference), as ``F.grid_sample`` and IEEE arithmetic make them, never as a silent zero:
+
+* a NaN or +-inf sampling location makes the output of its (b, q, head) NaN in all D channels;
+  its attention weight gets a NaN gradient, its location a NaN gradient in the component whose
+  partner coordinate is non-finite (0 in the other: that is grid_sample's), and ``value`` gets
+  no gradient from it;
+* a NaN or inf attention weight gives a NaN output (inf times a finite non-zero sample gives
+  +-inf), also for a sample off the map (0 * inf); its gradients are non-finite too, but
+  whether an entry is NaN or +-inf may differ between implementations.
+
+Second-order gradients: the reference supports them; through the compiled kernels a backward
+of a gradient raises RuntimeError (it is not implemented).
 """
 
 from __future__ import annotations
@@ -40,8 +54,6 @@ __all__ = [
 
 #: Accepted values of ``impl``.
 IMPLS = ("auto", "compiled", "reference")
-
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _zeros_connected(value: Tensor, locations: Tensor, weights: Tensor, shape) -> Tensor:
@@ -98,74 +110,6 @@ def ms_deform_attn_reference(
     return out.view(B, M, D, Q).permute(0, 3, 1, 2).reshape(B, Q, M * D)
 
 
-def _check_inputs(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-) -> None:
-    """Raises ValueError / TypeError naming the argument that does not fit the contract."""
-    named = {
-        "value": value,
-        "spatial_shapes": spatial_shapes,
-        "level_start_index": level_start_index,
-        "sampling_locations": sampling_locations,
-        "attention_weights": attention_weights,
-    }
-    for name, t in named.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"ms_deform_attn: `{name}` must be a Tensor, got {type(t).__name__}")
-    if value.dim() != 4:
-        raise ValueError(f"ms_deform_attn: `value` must be 4-D (B, S, M, D), got {value.dim()}-D")
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(
-            f"ms_deform_attn: `spatial_shapes` must be (L, 2), got {tuple(spatial_shapes.shape)}"
-        )
-    L = spatial_shapes.shape[0]
-    if level_start_index.dim() != 1 or level_start_index.shape[0] != L:
-        raise ValueError(
-            f"ms_deform_attn: `level_start_index` must be (L,) with L={L} from `spatial_shapes`, "
-            f"got {tuple(level_start_index.shape)}"
-        )
-    B, _, M, _ = value.shape
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError(
-            "ms_deform_attn: `sampling_locations` must be (B, Q, M, L, P, 2), got "
-            f"{tuple(sampling_locations.shape)}"
-        )
-    Bs, Q, Ms, Ls, P, _ = sampling_locations.shape
-    if (Bs, Ms, Ls) != (B, M, L):
-        raise ValueError(
-            f"ms_deform_attn: `sampling_locations` {tuple(sampling_locations.shape)} does not "
-            f"match (B={B}, Q, M={M}, L={L}, P, 2) given by `value` and `spatial_shapes`"
-        )
-    if tuple(attention_weights.shape) != (B, Q, M, L, P):
-        raise ValueError(
-            f"ms_deform_attn: `attention_weights` must be (B, Q, M, L, P) = {(B, Q, M, L, P)}, "
-            f"got {tuple(attention_weights.shape)}"
-        )
-    if value.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"ms_deform_attn: `value` must be float32/float64/float16/bfloat16, got {value.dtype}"
-        )
-    for name in ("sampling_locations", "attention_weights"):
-        if named[name].dtype != value.dtype:
-            raise TypeError(
-                f"ms_deform_attn: `{name}` has dtype {named[name].dtype} but `value` has "
-                f"{value.dtype}; cast them to one floating dtype"
-            )
-    for name in ("spatial_shapes", "level_start_index"):
-        if named[name].dtype != torch.int64:
-            raise TypeError(f"ms_deform_attn: `{name}` must be int64, got {named[name].dtype}")
-    for name, t in named.items():
-        if t.device != value.device:
-            raise ValueError(
-                f"ms_deform_attn: `{name}` is on {t.device} but `value` is on {value.device}; "
-                "all arguments must be on one device"
-            )
-
-
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -193,7 +137,9 @@ def ms_deform_attn(
     """
     if impl not in IMPLS:
         raise ValueError(f"ms_deform_attn: `impl` must be one of {IMPLS}, got {impl!r}")
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _ops.check_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     device_type = value.device.type
     if impl == "compiled":
         _ops.require_kernel(device_type)
