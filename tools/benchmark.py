@@ -606,6 +606,7 @@ def time_systems(
                 if cuda:
                     torch.cuda.synchronize()
                 runs[r, v, i] = 1000.0 * (time.perf_counter() - start) / count
+        logger.info("round %d/%d done", r + 1, repeats)
     return runs
 
 
