@@ -49,8 +49,8 @@ def test_time_systems_interleaves_and_warms_up_every_pair(bench):
 
     scenes = [bench.Scene([np.zeros((8, 8, 3), np.uint8)] * 4, [np.zeros((p, 4))] * 4)
               for p in (1, 2)]  # fmt: skip
-    runs = bench.time_systems([system("a"), system("b"), system("c")], scenes, repeats=2)
-    assert runs.shape == (2, 2, 3) and (runs >= 0).all()
+    wall, cpu = bench.time_systems([system("a"), system("b"), system("c")], scenes, repeats=2)
+    assert wall.shape == cpu.shape == (2, 2, 3) and (wall >= 0).all() and (cpu >= 0).all()
     warm, timed = calls[:6], calls[6:]
     assert all(n == 1 for _, n, _ in warm)  # warm-up on one frame of each scene
     assert sorted((s, p) for s, _, p in warm) == sorted((s, p) for s in "abc" for p in (1, 2))
@@ -98,8 +98,10 @@ def test_comparison_end_to_end_tiny(bench, tmp_path, capsys):
     assert [r["persons"] for r in systems["rows"]] == [1, 2]
     for row in systems["rows"]:
         assert all(v > 0 for v in row["median_ms"].values())
+        assert all(v > 0 for v in row["cpu_median_ms"].values())
     assert (tmp_path / "latency_vs_persons.png").stat().st_size > 0
     assert json.loads((tmp_path / "benchmark.json").read_text())["systems"]["rows"]
     out = capsys.readouterr().out
     assert "ratio two-stage / PAVE-Net (streaming)" in out
     assert "x(2/1)" in out
+    assert "process CPU time" in out

@@ -577,7 +577,7 @@ def _load_two_stage_peer():
 
 def time_systems(
     systems: Sequence[System], scenes: Sequence[Scene], repeats: int, cuda: bool = False
-) -> np.ndarray:
+) -> Tuple[np.ndarray, np.ndarray]:
     """ms per output frame of every system on every scene, ``repeats`` rounds interleaved.
 
     In each round every (scene, system) pair runs once, the scenes and the systems each
@@ -587,13 +587,18 @@ def time_systems(
     the edge frame), so no system is timed while its allocator or kernels warm up.
 
     Returns:
-        (repeats, len(scenes), len(systems)) ms per frame.
+        (wall, cpu), each (repeats, len(scenes), len(systems)) ms per frame: wall-clock time,
+        and the process's CPU time (all its threads). On a CPU oversubscribed by other
+        processes the wall time also counts the time spent waiting for a core; CPU time does
+        not (with one thread it is what the wall time would be on an idle core). With CUDA
+        only the wall time means anything.
     """
     for scene in scenes:
         first = Scene(scene.frames[:1], scene.boxes[:1])
         for system in systems:
             system.run(first)
-    runs = np.zeros((repeats, len(scenes), len(systems)))
+    wall = np.zeros((repeats, len(scenes), len(systems)))
+    cpu = np.zeros_like(wall)
     for r in range(repeats):
         for j in range(len(scenes)):
             v = (j + r) % len(scenes)
@@ -601,13 +606,14 @@ def time_systems(
                 i = (k + r) % len(systems)
                 if cuda:
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 count = systems[i].run(scenes[v])
                 if cuda:
                     torch.cuda.synchronize()
-                runs[r, v, i] = 1000.0 * (time.perf_counter() - start) / count
+                wall[r, v, i] = 1000.0 * (time.perf_counter() - start) / count
+                cpu[r, v, i] = 1000.0 * (time.process_time() - start_cpu) / count
         logger.info("round %d/%d done", r + 1, repeats)
-    return runs
+    return wall, cpu
 
 
 def default_vepe_config(pave_config: str) -> Optional[str]:
@@ -682,23 +688,30 @@ def measure_systems(
         for j in range(per)
     ]
     start = time.perf_counter()
-    runs = time_systems(systems, scenes, args.compare_repeats, args.device.startswith("cuda"))
+    cuda = args.device.startswith("cuda")
+    wall, cpu = time_systems(systems, scenes, args.compare_repeats, cuda)
     logger.info("Systems timing took %.0f s", time.perf_counter() - start)
-    shape = (args.compare_repeats, len(args.persons), per, len(systems))
-    median = np.median(runs, 0).reshape(shape[1:]).mean(1)
-    best = runs.min(0).reshape(shape[1:]).mean(1)
-    rows = [
-        {"persons": n, "median_ms": dict(zip(names, map(float, median[j]))),
-         "best_ms": dict(zip(names, map(float, best[j])))}
-        for j, n in enumerate(args.persons)
-    ]  # fmt: skip
+    shape = (len(args.persons), per, len(systems))
+    rows: List[Dict[str, Any]] = [{"persons": n} for n in args.persons]
+    for prefix, runs in (("", wall), ("cpu_", None if cuda else cpu)):
+        if runs is None:
+            continue
+        median = np.median(runs, 0).reshape(shape).mean(1)
+        best = runs.min(0).reshape(shape).mean(1)
+        for j, row in enumerate(rows):
+            row[prefix + "median_ms"] = dict(zip(names, map(float, median[j])))
+            row[prefix + "best_ms"] = dict(zip(names, map(float, best[j])))
     t = 1 + len(window_offsets or [])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     title = (
         f"{Path(pave_config).name}, T={t}, {size[0]}x{size[1]}, {args.device}, "
         f"{torch.get_num_threads()} threads, load avg {load.split(',')[0]}"
     )
-    print_systems_table(names, rows, title, args.compare_repeats, per, args.compare_frames)
+    for prefix, what in (("", "wall-clock"), ("cpu_", "process CPU time")):
+        if prefix + "median_ms" in rows[0]:
+            print_systems_table(
+                names, rows, title, args.compare_repeats, per, args.compare_frames, prefix, what
+            )
     return names, rows, title
 
 
@@ -709,13 +722,16 @@ def print_systems_table(
     repeats: int,
     scenes: int,
     frames: int,
+    prefix: str = "",
+    what: str = "wall-clock",
 ) -> None:
     """One line per system: its median (best) ms per frame for each number of persons and its
     growth from the fewest persons to the most; then each end-to-end system's ratio to the
-    first system (the peer) per number of persons."""
+    first system (the peer) per number of persons. ``prefix``: "" for the wall-clock times of
+    the rows, "cpu_" for their CPU times."""
     print(
-        f"\nLatency per frame (ms) against persons, {title}: median of {repeats} interleaved "
-        f"rounds (best in brackets), mean of {scenes} scene(s) of {frames} frames per row"
+        f"\nLatency per frame (ms, {what}) against persons, {title}: median of {repeats} "
+        f"interleaved rounds (best in brackets), mean of {scenes} scene(s) of {frames} frames"
     )
     peer = names[0]
     ratio_labels = [f"ratio {peer.split(' (')[0]} / {name}" for name in names[1:]]
@@ -725,12 +741,12 @@ def print_systems_table(
     growth_head = f"x({persons[-1]}/{persons[0]})"
     print(f"{'persons':<{label}}" + "".join(f"{n:>{cell}}" for n in persons) + f"{growth_head:>12}")
     for name in names:
-        med = [r["median_ms"][name] for r in rows]
-        best = [r["best_ms"][name] for r in rows]
+        med = [r[prefix + "median_ms"][name] for r in rows]
+        best = [r[prefix + "best_ms"][name] for r in rows]
         cells = "".join(f"{f'{m:.1f} ({b:.1f})':>{cell}}" for m, b in zip(med, best))
         print(f"{name:<{label}}{cells}{med[-1] / med[0]:>12.2f}")
     for name, text in zip(names[1:], ratio_labels):
-        ratio = [r["median_ms"][peer] / r["median_ms"][name] for r in rows]
+        ratio = [r[prefix + "median_ms"][peer] / r[prefix + "median_ms"][name] for r in rows]
         print(f"{text:<{label}}" + "".join(f"{x:>{cell}.2f}" for x in ratio))
     print(
         f"paper Table 2 (HRNet-W48, GPU): DCPose {PAPER_TABLE2_MS['DCPose'][0]} -> "
@@ -743,22 +759,28 @@ def print_systems_table(
 def plot_systems(
     path: Path, names: Sequence[str], rows: Sequence[Dict[str, Any]], title: str
 ) -> None:
-    """Latency against persons, one line per system (medians)."""
+    """Latency against persons, one line per system (medians): wall-clock, and beside it the
+    CPU time where the rows have it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     persons = [r["persons"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, marker in zip(names, "osd^vx*+"):
-        ax.plot(persons, [r["median_ms"][name] for r in rows], marker + "-", label=name)
-    ax.set_xlabel("persons in the frame")
-    ax.set_ylabel("ms / frame (median)")
-    ax.set_ylim(bottom=0)
-    ax.set_xticks(persons)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=8)
+    panels = [(p, w) for p, w in (("", "wall-clock"), ("cpu_", "process CPU time"))
+              if p + "median_ms" in rows[0]]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (prefix, what) in zip(axes[0], panels):
+        for name, marker in zip(names, "osd^vx*+"):
+            ax.plot(
+                persons, [r[prefix + "median_ms"][name] for r in rows], marker + "-", label=name
+            )
+        ax.set_xlabel("persons in the frame")
+        ax.set_ylabel(f"ms / frame ({what}, median)")
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(persons)
+        ax.set_title(title, fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
