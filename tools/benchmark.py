@@ -736,7 +736,7 @@ def print_systems_table(
     peer = names[0]
     ratio_labels = [f"ratio {peer.split(' (')[0]} / {name}" for name in names[1:]]
     label = max(len(n) for n in list(names) + ratio_labels) + 2
-    cell = 18
+    cell = 20
     persons = [r["persons"] for r in rows]
     growth_head = f"x({persons[-1]}/{persons[0]})"
     print(f"{'persons':<{label}}" + "".join(f"{n:>{cell}}" for n in persons) + f"{growth_head:>12}")
