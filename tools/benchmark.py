@@ -1,7 +1,8 @@
 """Model cost of PAVE-Net: parameters and GFLOPs per part, latency against the number of persons,
-and streaming (cached encoder) against windowed recomputation.
+streaming (cached encoder) against windowed recomputation, and the end-to-end models against a
+two-stage top-down peer.
 
-Three measurements, printed as tables and plotted into one PNG (matplotlib, Agg):
+Four measurements, printed as tables and plotted (matplotlib, Agg):
 
 1. Parameters and GFLOPs (fvcore ``FlopCountAnalysis`` of one inference call) of
    the spatial encoder (backbone + neck + deformable encoder), the query proposals, the
@@ -20,7 +21,18 @@ Three measurements, printed as tables and plotted into one PNG (matplotlib, Agg)
    by the synthetic generator's renderer), through ``VideoPosePredictor``.
 3. Per-frame cost of streaming (each frame encoded once, the window's encoder memories and
    decoder value projections cached) against windowed recomputation (all T frames encoded
-   for every output frame), measured side by side in one run.
+   for every output frame), measured side by side in one run. (2 and 3: ``benchmark.png``.)
+4. The systems side by side (``latency_vs_persons.png``, one line per system): the two-stage
+   peer of ``tools/two_stage_peer.py`` (Detectron2 Faster R-CNN R50-FPN on the full frame, then
+   a SimpleBaseline R50 on a 256x192 crop of each person in each of the T frames, fed the
+   scenes' person boxes so it sees exactly that many persons), PAVE-Net streaming and VEPE
+   streaming (where its config exists: the latency config's name with "vepe" for "pave"),
+   interleaved on the same scenes, with each one's ratio to the peer and its growth from the
+   fewest persons to the most.
+
+Every latency model has its frozen BatchNorms folded into the convolutions first
+(``fold_frozen_batchnorm``; the peer's too), unless ``--no-fold-bn``; ``--fold-bn-compare``
+adds each end-to-end model unfolded to the comparison.
 
 On a machine without CUDA the latency runs default to a CPU-sized model and input
 (``--latency-config-file configs/quick/pave_synthetic.yaml``, ``--latency-size 256``).
@@ -29,16 +41,20 @@ Example::
 
     python tools/benchmark.py                      # defaults above
     python tools/benchmark.py --no-flops --latency-size 256 --persons 1 5 20
+    # the comparison only, R50 at 480x800, one thread:
+    python tools/benchmark.py --no-flops --no-windowed --threads 1 \\
+        --latency-config-file configs/pave_r50.yaml --latency-size 480x800
 """
 
 import argparse
+import copy
 import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +67,7 @@ from fvcore.nn.jit_handles import get_shape
 
 from vpose_d2.config import add_vpose_config
 from vpose_d2.engine import VideoPosePredictor, merge_config_file, merge_config_opts
+from vpose_d2.modeling.backbone import fold_frozen_batchnorm
 
 logger = logging.getLogger("vpose_d2.benchmark")
 
@@ -115,6 +132,26 @@ def render_video(
     Returns:
         ``num_frames`` (H, W, 3) uint8 BGR frames.
     """
+    return render_scene(num_persons, num_frames, size, seed).frames
+
+
+class Scene(NamedTuple):
+    """A rendered video and its persons.
+
+    Attributes:
+        frames: (H, W, 3) uint8 BGR frames.
+        boxes: per frame a (P, 4) float XYXY array, one box per person in the frame's pixels.
+    """
+
+    frames: List[np.ndarray]
+    boxes: List[np.ndarray]
+
+
+def render_scene(num_persons: int, num_frames: int, size: Tuple[int, int], seed: int = 0) -> Scene:
+    """:func:`render_video`'s frames with every person's box in every frame: the extent of its
+    joints with the synthetic annotations' margin (15% + 4 px across, 10% + 4 px along the
+    body), clipped to the frame. All ``num_persons`` have a box in every frame, so a two-stage
+    pipeline fed these boxes crops exactly ``num_persons`` people."""
     import cv2
 
     # The generator's scene pieces are module-private; the benchmark reuses them on purpose so
@@ -129,14 +166,23 @@ def render_video(
     scale = 1.0 if num_persons <= 5 else math.sqrt(5.0 / num_persons)
     persons = [syn._Person(rng, side, float(rng.uniform(0.3, 0.6) * side * scale))
                for _ in range(num_persons)]  # fmt: skip
-    frames = []
+    to_frame = np.array([width / side, height / side] * 2)
+    frames, boxes = [], []
     for t in range(num_frames):
         img = background.copy()
+        frame_boxes = []
+        for person in persons:
+            joints = person.joints(t)
+            (x0, y0), (x1, y1) = joints.min(0), joints.max(0)
+            mx, my = 0.15 * (x1 - x0) + 4, 0.1 * (y1 - y0) + 4
+            box = np.clip([x0 - mx, y0 - my, x1 + mx, y1 + my], 0, side)
+            frame_boxes.append(box * to_frame)
         for person in sorted(persons, key=lambda p: p.y):  # nearer (lower) people on top
             syn._draw_person(img, person, person.joints(t))
             person.step()
         frames.append(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA))
-    return frames
+        boxes.append(np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4))
+    return Scene(frames, boxes)
 
 
 # ------------------------------------------------------------------------------------------
@@ -425,6 +471,8 @@ def measure_latency(
     for each number of persons; prints the table."""
     cfg = load_cfg(config_file, args.opts, size, args.device)
     model = build_model(cfg).eval()
+    if not args.no_fold_bn:
+        logger.info("%d convolutions with BatchNorm folded", fold_frozen_batchnorm(model))
     streaming = VideoPosePredictor(cfg, model=model, cache=True)
     windowed = VideoPosePredictor(cfg, model=model, cache=False)
     # Several scenes per person count: a scene's content moves the cost (measured here: +-4%
@@ -490,6 +538,261 @@ def measure_latency(
     return rows, title
 
 
+# ------------------------------------------------------------------------------------------
+# Systems side by side: the two-stage peer and the end-to-end models
+# ------------------------------------------------------------------------------------------
+class System(NamedTuple):
+    """One timed pipeline.
+
+    Attributes:
+        name: its label in the table and the plot.
+        run: runs it over a scene, returns the number of output frames.
+    """
+
+    name: str
+    run: Callable[[Scene], int]
+
+
+def predictor_system(name: str, predictor: VideoPosePredictor) -> System:
+    """An end-to-end model through ``VideoPosePredictor`` (it reads the frames only)."""
+    return System(name, lambda scene: sum(1 for _ in predictor(scene.frames)))
+
+
+def peer_system(name: str, peer: Any) -> System:
+    """The two-stage peer, its pose stage fed the scene's person boxes."""
+    return System(name, lambda scene: sum(1 for _ in peer(scene.frames, scene.boxes)))
+
+
+def _load_two_stage_peer():
+    """tools/two_stage_peer.py as a module (tools/ is no package; this file may be imported
+    from elsewhere, e.g. by the tests)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().with_name("two_stage_peer.py")
+    spec = importlib.util.spec_from_file_location("two_stage_peer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_systems(
+    systems: Sequence[System], scenes: Sequence[Scene], repeats: int, cuda: bool = False
+) -> Tuple[np.ndarray, np.ndarray]:
+    """ms per output frame of every system on every scene, ``repeats`` rounds interleaved.
+
+    In each round every (scene, system) pair runs once, the scenes and the systems each
+    starting at a different one from round to round, so a change of machine load spreads over
+    all systems and person counts instead of landing on one. First one untimed pass of every
+    pair on the scene's first frame (same tensor shapes as the timed passes: the window repeats
+    the edge frame), so no system is timed while its allocator or kernels warm up.
+
+    Returns:
+        (wall, cpu), each (repeats, len(scenes), len(systems)) ms per frame: wall-clock time,
+        and the process's CPU time (all its threads). On a CPU oversubscribed by other
+        processes the wall time also counts the time spent waiting for a core; CPU time does
+        not (with one thread it is what the wall time would be on an idle core). With CUDA
+        only the wall time means anything.
+    """
+    for scene in scenes:
+        first = Scene(scene.frames[:1], scene.boxes[:1])
+        for system in systems:
+            system.run(first)
+    wall = np.zeros((repeats, len(scenes), len(systems)))
+    cpu = np.zeros_like(wall)
+    for r in range(repeats):
+        for j in range(len(scenes)):
+            v = (j + r) % len(scenes)
+            for k in range(len(systems)):
+                i = (k + r) % len(systems)
+                if cuda:
+                    torch.cuda.synchronize()
+                start, start_cpu = time.perf_counter(), time.process_time()
+                count = systems[i].run(scenes[v])
+                if cuda:
+                    torch.cuda.synchronize()
+                wall[r, v, i] = 1000.0 * (time.perf_counter() - start) / count
+                cpu[r, v, i] = 1000.0 * (time.process_time() - start_cpu) / count
+        logger.info("round %d/%d done", r + 1, repeats)
+    return wall, cpu
+
+
+def default_vepe_config(pave_config: str) -> Optional[str]:
+    """VEPE's config beside a PAVE-Net config: the same name with "vepe" for "pave"
+    (configs/quick/pave_synthetic.yaml -> configs/quick/vepe_synthetic.yaml,
+    configs/pave_r50.yaml -> configs/vepe_r50.yaml); None where the name has no "pave"."""
+    path = Path(pave_config)
+    if "pave" not in path.name:
+        return None
+    return str(path.with_name(path.name.replace("pave", "vepe")))
+
+
+def end_to_end_configs(args: argparse.Namespace, pave_config: str) -> List[Tuple[str, str]]:
+    """(name, config file) of the end-to-end systems to time: PAVE-Net, VEPE where its config
+    exists (a message where not), and ``--compare-config-files``."""
+    systems = [("PAVE-Net (streaming)", pave_config)]
+    vepe = args.vepe_config_file if args.vepe_config_file else default_vepe_config(pave_config)
+    if vepe and Path(vepe).is_file():
+        systems.append(("VEPE (streaming)", vepe))
+    elif args.vepe_config_file != "none":
+        print(f"VEPE skipped: its config {vepe or '(none beside ' + pave_config + ')'} does not "
+              "exist (give one with --vepe-config-file)")  # fmt: skip
+    for path in args.compare_config_files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--compare-config-files: {path} does not exist")
+        systems.append((f"{Path(path).stem} (streaming)", path))
+    return systems
+
+
+def measure_systems(
+    args: argparse.Namespace, pave_config: str, size: Tuple[int, int]
+) -> Tuple[List[str], List[Dict[str, Any]], str]:
+    """Latency per frame against persons of the two-stage peer and the end-to-end models,
+    interleaved on the same scenes; prints the table with the ratios to the peer.
+
+    Returns:
+        (system names, rows, title): per number of persons a row with each system's median
+        and best ms per frame (mean over ``--compare-scenes`` scenes).
+    """
+    systems: List[System] = []
+    window_offsets: Optional[List[int]] = None
+    for name, config_file in end_to_end_configs(args, pave_config):
+        cfg = load_cfg(config_file, args.opts, size, args.device)
+        model = build_model(cfg).eval()
+        if args.fold_bn_compare:
+            unfolded = VideoPosePredictor(cfg, model=copy.deepcopy(model), cache=True)
+        folded = fold_frozen_batchnorm(model) if not args.no_fold_bn else 0
+        logger.info("%s: %s, %d convolutions with BatchNorm folded", name, config_file, folded)
+        predictor = VideoPosePredictor(cfg, model=model, cache=True)
+        systems.append(predictor_system(name, predictor))
+        if args.fold_bn_compare:
+            systems.append(predictor_system(name.replace(")", ", BN unfolded)"), unfolded))
+        if window_offsets is None:
+            window_offsets = [o for o in predictor.offsets if o != 0]
+    if not args.no_peer:
+        peer_mod = _load_two_stage_peer()
+        peer = peer_mod.TwoStagePeer(
+            size,
+            device=args.device,
+            offsets=window_offsets or [],
+            depth=args.peer_depth,
+            crop_size=args.peer_crop,
+            fold_bn=not args.no_fold_bn,
+        )
+        crop = f"{args.peer_crop[0]}x{args.peer_crop[1]}"
+        systems.insert(0, peer_system(f"two-stage (R{args.peer_depth} det + {crop} crops)", peer))
+    names = [s.name for s in systems]
+    per = args.compare_scenes
+    scenes = [
+        render_scene(n, args.compare_frames, size, seed=1000 * n + j)
+        for n in args.persons
+        for j in range(per)
+    ]
+    start = time.perf_counter()
+    cuda = args.device.startswith("cuda")
+    wall, cpu = time_systems(systems, scenes, args.compare_repeats, cuda)
+    logger.info("Systems timing took %.0f s", time.perf_counter() - start)
+    shape = (len(args.persons), per, len(systems))
+    rows: List[Dict[str, Any]] = [{"persons": n} for n in args.persons]
+    for prefix, runs in (("", wall), ("cpu_", None if cuda else cpu)):
+        if runs is None:
+            continue
+        median = np.median(runs, 0).reshape(shape).mean(1)
+        best = runs.min(0).reshape(shape).mean(1)
+        for j, row in enumerate(rows):
+            row[prefix + "median_ms"] = dict(zip(names, map(float, median[j])))
+            row[prefix + "best_ms"] = dict(zip(names, map(float, best[j])))
+    t = 1 + len(window_offsets or [])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    title = (
+        f"{Path(pave_config).name}, T={t}, {size[0]}x{size[1]}, {args.device}, "
+        f"{torch.get_num_threads()} threads, load avg {load.split(',')[0]}"
+    )
+    for prefix, what in (("", "wall-clock"), ("cpu_", "process CPU time")):
+        if prefix + "median_ms" in rows[0]:
+            print_systems_table(
+                names, rows, title, args.compare_repeats, per, args.compare_frames, prefix, what
+            )
+    return names, rows, title
+
+
+def print_systems_table(
+    names: Sequence[str],
+    rows: Sequence[Dict[str, Any]],
+    title: str,
+    repeats: int,
+    scenes: int,
+    frames: int,
+    prefix: str = "",
+    what: str = "wall-clock",
+) -> None:
+    """One line per system: its median (best) ms per frame for each number of persons and its
+    growth from the fewest persons to the most; then each end-to-end system's ratio to the
+    first system (the peer) per number of persons. ``prefix``: "" for the wall-clock times of
+    the rows, "cpu_" for their CPU times."""
+    print(
+        f"\nLatency per frame (ms, {what}) against persons, {title}: median of {repeats} "
+        f"interleaved rounds (best in brackets), mean of {scenes} scene(s) of {frames} frames"
+    )
+    peer = names[0]
+    ratio_labels = [f"ratio {peer.split(' (')[0]} / {name}" for name in names[1:]]
+    label = max(len(n) for n in list(names) + ratio_labels) + 2
+    cell = 20
+    persons = [r["persons"] for r in rows]
+    growth_head = f"x({persons[-1]}/{persons[0]})"
+    print(f"{'persons':<{label}}" + "".join(f"{n:>{cell}}" for n in persons) + f"{growth_head:>12}")
+    for name in names:
+        med = [r[prefix + "median_ms"][name] for r in rows]
+        best = [r[prefix + "best_ms"][name] for r in rows]
+        cells = "".join(f"{f'{m:.1f} ({b:.1f})':>{cell}}" for m, b in zip(med, best))
+        print(f"{name:<{label}}{cells}{med[-1] / med[0]:>12.2f}")
+    for name, text in zip(names[1:], ratio_labels):
+        ratio = [r[prefix + "median_ms"][peer] / r[prefix + "median_ms"][name] for r in rows]
+        print(f"{text:<{label}}" + "".join(f"{x:>{cell}.2f}" for x in ratio))
+    print(
+        f"paper Table 2 (HRNet-W48, GPU): DCPose {PAPER_TABLE2_MS['DCPose'][0]} -> "
+        f"{PAPER_TABLE2_MS['DCPose'][-1]} ms for 1 -> 20 persons "
+        f"(x{PAPER_TABLE2_MS['DCPose'][-1] / PAPER_TABLE2_MS['DCPose'][0]:.2f}), PAVE-Net "
+        f"{PAPER_TABLE2_MS['PAVE-Net']:.0f} ms flat"
+    )
+
+
+def plot_systems(
+    path: Path, names: Sequence[str], rows: Sequence[Dict[str, Any]], title: str
+) -> None:
+    """Latency against persons, one line per system (medians): wall-clock, and beside it the
+    CPU time where the rows have it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    persons = [r["persons"] for r in rows]
+    panels = [(p, w) for p, w in (("", "wall-clock"), ("cpu_", "process CPU time"))
+              if p + "median_ms" in rows[0]]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (prefix, what) in zip(axes[0], panels):
+        for name, marker in zip(names, "osd^vx*+"):
+            ax.plot(
+                persons, [r[prefix + "median_ms"][name] for r in rows], marker + "-", label=name
+            )
+        ax.set_xlabel("persons in the frame")
+        values = [v for r in rows for v in r[prefix + "median_ms"].values()]
+        if max(values) > 20 * min(values):
+            # Systems 100x apart: on a linear axis the cheaper ones' lines would lie on zero.
+            ax.set_yscale("log")
+            ax.set_ylabel(f"ms / frame ({what}, median, log scale)")
+        else:
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel(f"ms / frame ({what}, median)")
+        ax.set_xticks(persons)
+        ax.set_title(title, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def get_parser() -> argparse.ArgumentParser:
     cpu = not torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -541,6 +844,69 @@ def get_parser() -> argparse.ArgumentParser:
         default=0,
         help="CPU threads for torch (0: torch's default). One thread gives the steadiest CPU "
         "timings on a small shared machine",
+    )
+    parser.add_argument(
+        "--no-windowed",
+        action="store_true",
+        help="skip PAVE-Net's streaming vs windowed latency runs (the systems comparison stays)",
+    )
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the systems comparison (two-stage peer, PAVE-Net, VEPE against persons)",
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="leave the two-stage peer out of the comparison"
+    )
+    parser.add_argument(
+        "--peer-depth",
+        type=int,
+        default=50,
+        help="ResNet depth of the peer's detector and pose network (50: Faster R-CNN R50-FPN + "
+        "SimpleBaseline R50)",
+    )
+    parser.add_argument(
+        "--peer-crop",
+        type=parse_size,
+        default=(256, 192),
+        help="HxW of the peer's per-person crops (multiples of 32)",
+    )
+    parser.add_argument(
+        "--vepe-config-file",
+        default="",
+        help="VEPE's config for the comparison (default: the latency config's name with 'vepe' "
+        "for 'pave', skipped with a message where absent; 'none': leave VEPE out)",
+    )
+    parser.add_argument(
+        "--compare-config-files",
+        nargs="*",
+        default=[],
+        help="more end-to-end models (configs) to time, streaming, in the comparison",
+    )
+    parser.add_argument(
+        "--compare-frames", type=int, default=3, help="frames per scene in the comparison"
+    )
+    parser.add_argument(
+        "--compare-scenes",
+        type=int,
+        default=2,
+        help="scenes per number of persons in the comparison (averaged)",
+    )
+    parser.add_argument(
+        "--compare-repeats",
+        type=int,
+        default=3,
+        help="interleaved rounds of the comparison (median and best reported)",
+    )
+    parser.add_argument(
+        "--no-fold-bn",
+        action="store_true",
+        help="time the models without folding their frozen BatchNorms into the convolutions",
+    )
+    parser.add_argument(
+        "--fold-bn-compare",
+        action="store_true",
+        help="also time each end-to-end model unfolded, side by side, in the comparison",
     )
     parser.add_argument("--device", default="cuda" if not cpu else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
@@ -609,7 +975,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # 2 + 3. Latency against persons, streaming and windowed, side by side.
     rows: List[Tuple[int, float, float, float, float, float]] = []
     title = ""
-    if not args.no_latency:
+    if not args.no_latency and not args.no_windowed:
         rows, title = measure_latency(args, latency_config, latency_size)
         results["latency"] = {
             "config": latency_config, "size": latency_size, "title": title,
@@ -620,7 +986,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             ],
         }  # fmt: skip
 
+    # 4. The two-stage peer and the end-to-end models against persons, interleaved.
     out = Path(args.output)
+    if not args.no_latency and not args.no_compare:
+        names, system_rows, system_title = measure_systems(args, latency_config, latency_size)
+        results["systems"] = {
+            "config": latency_config, "size": latency_size, "title": system_title,
+            "systems": names, "rows": system_rows,
+        }  # fmt: skip
+        plot_systems(out / "latency_vs_persons.png", names, system_rows, system_title)
+        print(f"Wrote {out / 'latency_vs_persons.png'}")
+
     plot(
         out / "benchmark.png",
         [r[0] for r in rows],
