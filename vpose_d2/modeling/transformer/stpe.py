@@ -42,7 +42,8 @@ def instance_mask(
         sim = sim.masked_fill(~ref_valid[:, None], float("-inf"))
         k = min(topk, sim.shape[-1])
         index = sim.topk(k, dim=-1).indices
-        allowed = torch.zeros_like(sim, dtype=torch.bool).scatter_(-1, index, True)
+        chosen = torch.ones_like(index, dtype=torch.bool)
+        allowed = torch.zeros_like(sim, dtype=torch.bool).scatter(-1, index, chosen)
         return allowed & ref_valid[:, None]
 
 
