@@ -320,6 +320,11 @@ def test_instance_consistency_loss_is_eq5_by_hand():
     alone = embeds[:2].clone().requires_grad_()
     zero = instance_consistency_loss(alone, track_ids[:2], frames[:2], groups[:2], margin)
     assert zero.item() == 0.0 and zero.requires_grad
+    # No matched prediction at all (a batch whose queries were all under the threshold).
+    none = torch.zeros(0, 4, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.int64)
+    zero = instance_consistency_loss(none, empty, empty, empty, margin)
+    assert zero.item() == 0.0 and zero.requires_grad
     with pytest.raises(ValueError, match="mining"):
         instance_consistency_loss(*args, mining="semi")
 

@@ -54,6 +54,8 @@ def instance_consistency_loss(
             f"instance_consistency_loss: embeds {tuple(embeds.shape)}, track_ids "
             f"{tuple(track_ids.shape)}, frames {tuple(frames.shape)}, groups {tuple(groups.shape)}"
         )
+    if p == 0:
+        return embeds.sum() * 0.0
     # At least float32 (the margin comparison under AMP), float64 kept.
     x = F.normalize(embeds.to(torch.promote_types(embeds.dtype, torch.float32)), dim=-1)
     dist = 1.0 - x @ x.t()  # (P, P)

@@ -99,13 +99,15 @@ class VEPE(PoseModelBase):
         """
         super().__init__(pose_decoder=pose_decoder, **kwargs)
         t = self.num_frames
-        for name, part in (("pose_decoder", pose_decoder), ("temporal_pose_decoder",
-                           temporal_pose_decoder), ("joint_decoder", self.joint_decoder)):  # fmt: skip
+        decoders = {
+            "pose_decoder": (pose_decoder, "MODEL.VPOSE.DEC_LAYERS"),
+            "temporal_pose_decoder": (temporal_pose_decoder, "MODEL.VEPE.STPD_LAYERS"),
+            "joint_decoder": (self.joint_decoder, "MODEL.VPOSE.JOINT_DEC_LAYERS"),
+        }
+        for name, (part, key) in decoders.items():
             if part is not None and (part.num_frames != 1 or len(part.layers) == 0):
                 raise ValueError(
-                    f"VEPE: {name} must be a one-frame decoder with layers (MODEL.VPOSE."
-                    f"{'DEC_LAYERS' if name == 'pose_decoder' else 'JOINT_DEC_LAYERS'}, "
-                    "MODEL.VEPE.STPD_LAYERS > 0)"
+                    f"VEPE: {name} must be a one-frame decoder with layers ({key} > 0)"
                 )
         for name, part in (("stpe", stpe), ("stdme", stdme)):
             if part is not None and part.num_frames != t:
@@ -197,7 +199,9 @@ class VEPE(PoseModelBase):
 
     def temporal_decoder(self) -> PoseDecoder:
         """The decoder of the temporal phase: STPD, else the spatial pose decoder."""
-        return self.temporal_pose_decoder or self.pose_decoder
+        if self.temporal_pose_decoder is not None:
+            return self.temporal_pose_decoder
+        return self.pose_decoder
 
     # ------------------------------------------------------------------ per-frame work
     def _layer_key(self, i: int, name: str) -> str:
