@@ -69,7 +69,7 @@ def grad_sum(module: torch.nn.Module) -> float:
 def test_forward_backward(offsets):
     model = perturb(build(vepe_cfg(offsets)))
     t, key = 1 + len(offsets), len(offsets) // 2
-    assert model.num_frames == t and model.key_index == key
+    assert isinstance(model, VEPE) and model.num_frames == t and model.key_index == key
     assert model.stpe.num_frames == t and model.stdme.num_frames == t
     assert len(model.temporal_pose_decoder.layers) == 3  # STPD: 3 layers (paper)
     model.train()
