@@ -86,7 +86,46 @@ PART_OF_MODULE = {
     "pose_decoder": "STPD",
     "joint_decoder": "STJD",
 }
-PARTS = ("spatial encoder", "proposals", "STPD", "STJD", "other")
+#: VEPE's pose and joint decoders are its spatial phase's (the image model's); its STPD is
+#: ``temporal_pose_decoder``, and it adds the instance branch, STPE and STDME.
+VEPE_PART_OF_MODULE = dict(
+    PART_OF_MODULE,
+    pose_decoder="spatial pose decoder",
+    joint_decoder="joint decoder",
+    instance_queries="instance branch",
+    stpe="STPE",
+    stdme="STDME",
+    temporal_pose_decoder="STPD",
+)
+PART_OF_MODULE_BY_ARCH = {"VEPE": VEPE_PART_OF_MODULE}
+#: Parts whose cost per streamed frame is printed under their per-clip row.
+STREAMED_ROWS = (
+    "STPD",
+    "STJD",
+    "spatial pose decoder",
+    "instance branch",
+    "STPE",
+    "STDME",
+    "joint decoder",
+)
+PARTS = (
+    "spatial encoder",
+    "proposals",
+    "spatial pose decoder",
+    "instance branch",
+    "STPE",
+    "STDME",
+    "STPD",
+    "STJD",
+    "joint decoder",
+    "other",
+)
+
+
+def part_of_module(model: torch.nn.Module) -> Dict[str, str]:
+    """The model's top-level module -> part table (PART_OF_MODULE unless its architecture has
+    its own)."""
+    return PART_OF_MODULE_BY_ARCH.get(type(model).__name__, PART_OF_MODULE)
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,8 +250,9 @@ def _sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
 def count_params(model: torch.nn.Module) -> Dict[str, int]:
     """Parameters per part (PART_OF_MODULE), top-level parameters and the rest in "other"."""
     counts = {part: 0 for part in PARTS}
+    parts = part_of_module(model)
     for name, param in model.named_parameters():
-        counts[PART_OF_MODULE.get(name.split(".")[0], "other")] += param.numel()
+        counts[parts.get(name.split(".")[0], "other")] += param.numel()
     counts["total"] = sum(counts[p] for p in PARTS)
     return counts
 
@@ -274,8 +314,9 @@ def _flops_by_part(
     by_module = analysis.by_module()
     total = analysis.total()
     flops = {part: 0.0 for part in PARTS}
+    parts = part_of_module(model)
     for name, _ in model.named_children():
-        flops[PART_OF_MODULE.get(name, "other")] += by_module.get(f"model.{name}", 0)
+        flops[parts.get(name, "other")] += by_module.get(f"model.{name}", 0)
     flops["other"] += total - sum(flops[p] for p in PARTS)
     flops["total"] = total
     unsupported = dict(analysis.unsupported_ops())
@@ -344,17 +385,22 @@ def print_cost_table(
     num_frames: int,
     header: str,
     streamed: Optional[Dict[str, float]] = None,
+    paper_table: Optional[Dict[str, Tuple[float, float]]] = None,
 ) -> None:
-    """Per-clip parameters and GFLOPs per part beside the paper's Table 4, with the decoders'
-    rows per streamed frame (``streamed``: :func:`count_streamed_flops`) under theirs."""
-    lines = [header, f"{'part':<26}{'params (M)':>12}{'GFLOPs':>10}{'paper (M / G)':>18}"]
+    """Per-clip parameters and GFLOPs per part beside the paper's Table 4 (``paper_table``,
+    default PAVE-Net's), with the decoders' rows per streamed frame (``streamed``:
+    :func:`count_streamed_flops`) under theirs. Parts the model lacks are left out."""
+    paper_table = PAPER_TABLE4 if paper_table is None else paper_table
+    lines = [header, f"{'part':<40}{'params (M)':>12}{'GFLOPs':>10}{'paper (M / G)':>18}"]
     for part in PARTS + ("total",):
-        paper = PAPER_TABLE4.get(part)
+        if part != "total" and params[part] == 0 and not (flops and flops[part]):
+            continue  # a part this model does not have
+        paper = paper_table.get(part)
         paper_txt = f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else ""
         gf = f"{flops[part]:.2f}" if flops else "-"
-        lines.append(f"{part:<26}{params[part] / 1e6:>12.2f}{gf:>10}{paper_txt:>18}")
-        if streamed and part in ("STPD", "STJD"):
-            lines.append(f"{part + ' per streamed frame':<26}{'-':>12}{streamed[part]:>10.2f}")
+        lines.append(f"{part:<40}{params[part] / 1e6:>12.2f}{gf:>10}{paper_txt:>18}")
+        if streamed and part in STREAMED_ROWS:
+            lines.append(f"{part + ' per streamed frame':<40}{'-':>12}{streamed[part]:>10.2f}")
     if flops:
         # The encoder ran on all T frames of the clip; streaming pays it once per frame.
         no_cache = flops["total"] - flops["spatial encoder"] * (num_frames - 1) / num_frames
@@ -961,6 +1007,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         num_frames,
         f"\n{args.config_file}: T={num_frames}, one clip at " f"{args.size[0]}x{args.size[1]}",
         streamed,
+        # Table 4 is PAVE-Net's; VEPE's paper gives no per-part costs.
+        {} if type(model).__name__ == "VEPE" else None,
     )
     results["cost"] = {
         "config": args.config_file,

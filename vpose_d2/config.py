@@ -16,6 +16,7 @@ def add_vpose_config(cfg: CN) -> None:
     _add_data_config(cfg)
     _add_model_config(cfg)
     _add_pave_config(cfg)
+    _add_vepe_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
     _add_checkpoint_config(cfg)
@@ -150,6 +151,78 @@ def _add_pave_config(cfg: CN) -> None:
     # joint decoder's) sampling locations; the key frame's reference is detached as in DETR.
     # False detaches every frame, and the neighbours' refinement MLPs then never learn.
     _C.NEIGHBOUR_REFERENCE_GRAD = True
+
+
+# ------------------------------------------------------------------------------------------
+# VEPE (papers/vepe.md). The spatial phase is the image model's (MODEL.VPOSE keys, the same
+# parameter names, so an ImagePoseTransformer checkpoint loads as it is); these keys are the
+# temporal phase's. "Paper silent" marks the choices the paper leaves open.
+# ------------------------------------------------------------------------------------------
+def _add_vepe_config(cfg: CN) -> None:
+    cfg.MODEL.VEPE = CN()
+    _C = cfg.MODEL.VEPE
+    # Table 2's switches (all off: the baseline row, the image model run on the key frame).
+    # STPE: key-frame pose queries attend to themselves, then to the other frames' selected
+    # pose queries (section 3.3).
+    _C.USE_STPE = True
+    # Instance consistency mechanism (section 3.6): instance queries give every selected pose
+    # query an embedding; their similarity masks STPE's cross-frame attention and the triplet
+    # loss (eq. 5) trains them. Needs USE_STPE (the mask is STPE's). The embeddings of the key
+    # frame's persons are returned as `pred_instance_embeds`.
+    _C.USE_ICM = True
+    # STDME: the key frame's memory, in-frame deformable self-attention then temporal
+    # multi-scale deformable attention over all T*L maps (section 3.4, eq. 1).
+    _C.USE_STDME = True
+    # STPD: a new pose decoder (eqs. 2-4) on STDME's memory from the STPE queries. Paper silent
+    # on what decodes the rows of Table 2 without it (rows a-c still output refined poses, and
+    # row c's STDME memory must be read by something): the spatial phase's own pose decoder
+    # (its weights, `pose_decoder`) then decodes the same inputs.
+    _C.USE_STPD = True
+    # STPD layers (paper: 3).
+    _C.STPD_LAYERS = 3
+
+    # Pose query selection: per frame keep the spatial stage's pose queries whose score (the
+    # last spatial decoder layer's) is at least this (Table 3: 0.3 best; 0 keeps every query).
+    _C.PQS_THRESHOLD = 0.3
+    # Paper silent on how the variable selection is batched: each frame keeps its top
+    # PQS_NUM_QUERIES queries by score, those under the threshold marked invalid (left out of
+    # every attention, never matched, score 0 at test). 0 keeps the top NUM_QUERIES, so no
+    # query above the threshold is ever dropped.
+    _C.PQS_NUM_QUERIES = 0
+
+    # Instance queries. Paper silent on the embedding size: 128, a usual size of appearance
+    # embeddings for association (the instance queries themselves have HIDDEN_DIM channels,
+    # as the paper says).
+    _C.INSTANCE_EMBED_DIM = 128
+    # Paper silent on depth: one layer (self-attention among the frame's selected instance
+    # queries, pose-aware deformable attention at the pose's keypoints, FFN).
+    _C.INSTANCE_LAYERS = 1
+    # Paper silent on how many instances of each other frame a key query may see: "the most
+    # matched target for each instance in every frame", so 1.
+    _C.INSTANCE_MASK_TOPK = 1
+
+    # STPE / STDME depth. Paper silent: Fig. 3 draws one block of each, so 1.
+    _C.STPE_LAYERS = 1
+    _C.STDME_LAYERS = 1
+    # STDME sampling points per head, level and frame (K of eq. 1). Paper silent: the spatial
+    # encoder's 4 (Deformable DETR's).
+    _C.STDME_N_POINTS = 4
+
+    # Instance consistency loss (eq. 5): triplets over the Hungarian-matched selected queries of
+    # every labeled frame of a clip, cosine distance 1 - cos. Paper silent on the margin, the
+    # mining and the weight: margin 0.3 (distances live in [0, 2]); "hard" takes per anchor its
+    # farthest positive (same track id, another frame) and nearest negative (another track id,
+    # any frame), "all" every (positive, negative) pair; the mean over triplets, weight 1.0.
+    _C.ICL_MARGIN = 0.3
+    _C.ICL_MINING = "hard"
+    _C.ICL_WEIGHT = 1.0
+
+    # Freeze the spatial phase (backbone, level embeddings, spatial encoder, proposals, spatial
+    # pose decoder, auxiliary heatmap head) when starting from a trained image model: it runs
+    # in eval mode without gradients and its losses are skipped; the temporal modules and
+    # PETR's joint decoder (which refines the final poses) train. The paper trains the
+    # spatial phase first, then "20 epochs of temporal phase training".
+    _C.FREEZE_SPATIAL = False
 
 
 # ------------------------------------------------------------------------------------------

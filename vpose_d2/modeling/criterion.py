@@ -23,14 +23,16 @@ class PoseSetCriterion(nn.Module):
         {"proposals": {"logits": (B, S), "poses": (B, S, K, 2), "sigmas": (B, S, K, 2),
                        "valid": (B, S) bool},
          "pose_layers": [{"logits": (B, N), "poses": (B, N, K, 2), "sigmas": (B, N, K, 2),
-                          "indices": optional precomputed matching}, ...],
+                          "indices": optional precomputed matching,
+                          "valid": optional (B, N) bool}, ...],
          "joint_layers": [{"joints": (B, P, K, 2), "sigmas": (B, P, K, 2)}, ...],
          "joint_targets": B pairs (slot indices into P, target indices)}
 
     ``pose_layers`` may be empty (a pose decoder without layers, or PAVE-Net's ablation
     without it): the proposals, matched over their ``valid`` tokens, are then the last stage;
-    like a pose layer they may carry precomputed ``indices``. ``joint_layers`` may be empty or
-    absent.
+    like a pose layer they may carry precomputed ``indices``. A pose layer may carry ``valid``
+    like the proposals (VEPE's padded query selection): invalid queries are never matched and
+    add no classification loss. ``joint_layers`` may be empty or absent.
 
     ``targets`` are the matcher's dicts. Every loss is summed over persons and divided by
     the number of persons in the whole (distributed) batch, as DETR does, then weighted.
@@ -223,8 +225,8 @@ class PoseSetCriterion(nn.Module):
             indices = prop.get("indices") or self.match(prop, targets, prop.get("valid"))
             add("enc", prop, indices, prop.get("valid"))
         for i, stage in enumerate(outputs.get("pose_layers") or []):
-            indices = stage.get("indices") or self.match(stage, targets)
-            add(f"dec{i}", stage, indices)
+            indices = stage.get("indices") or self.match(stage, targets, stage.get("valid"))
+            add(f"dec{i}", stage, indices, stage.get("valid"))
         for i, stage in enumerate(outputs.get("joint_layers") or []):
             add(f"joint{i}", stage, outputs["joint_targets"], kind="joint", cls=False)
         return losses

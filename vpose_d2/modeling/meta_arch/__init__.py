@@ -4,5 +4,6 @@
 from .base import PoseModelBase, resolve_keypoint_meta
 from .image_pose_transformer import ImagePoseTransformer
 from .pave_net import PAVENet
+from .vepe import VEPE
 
-__all__ = ["ImagePoseTransformer", "PAVENet", "PoseModelBase", "resolve_keypoint_meta"]
+__all__ = ["ImagePoseTransformer", "PAVENet", "PoseModelBase", "VEPE", "resolve_keypoint_meta"]

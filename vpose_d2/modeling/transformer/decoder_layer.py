@@ -120,6 +120,7 @@ class DeformableDecoderLayer(nn.Module):
         valid_ratios: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor] = None,
         projected_value: Optional[torch.Tensor] = None,
+        query_padding_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -130,13 +131,23 @@ class DeformableDecoderLayer(nn.Module):
                 memory_padding_mask (B, T * S) or None.
             projected_value: (B, T * S, M, C / M) :meth:`project_value` of ``memory`` and
                 ``memory_padding_mask``, precomputed; None projects them here.
+            query_padding_mask: (B, G..., Q) bool, True at queries the self-attention must not
+                read (padding slots of a selected set), or None. A group whose queries are all
+                padding reads them all instead (its outputs are padding too), which keeps the
+                softmax finite.
 
         Returns:
             Updated queries, ``tgt``'s shape.
         """
         shape, q_len, c = tgt.shape, tgt.shape[-2], tgt.shape[-1]
         q = (tgt + query_pos).reshape(-1, q_len, c)
-        sa = self.self_attn(q, q, tgt.reshape(-1, q_len, c), need_weights=False)[0]
+        key_mask = None
+        if query_padding_mask is not None:
+            key_mask = query_padding_mask.reshape(-1, q_len)
+            key_mask = key_mask & ~key_mask.all(-1, keepdim=True)
+        sa = self.self_attn(
+            q, q, tgt.reshape(-1, q_len, c), key_padding_mask=key_mask, need_weights=False
+        )[0]
         tgt = self.norm1(tgt + self.dropout1(sa.view(shape)))
         tgt2 = self.cross_attend(
             tgt + query_pos,

@@ -165,6 +165,7 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
         memory: ClipMemory,
         key_index: int = 0,
         values: Optional[Sequence[torch.Tensor]] = None,
+        query_padding_mask: Optional[torch.Tensor] = None,
     ) -> List[Dict[str, torch.Tensor]]:
         """
         Args:
@@ -177,6 +178,8 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
             values: one (B, T * S, M, C / M) per layer, :meth:`project_values` of the flat
                 memory (or the frames' projections concatenated along S), which the layers then
                 sample instead of projecting ``memory``; None projects it in every layer.
+            query_padding_mask: (B, N) bool, True at padding queries the self-attention of
+                every layer leaves out (a selected set padded to N, VEPE's), or None.
 
         Returns:
             One dict per layer: ``poses`` (B, T, N, K, 2) refined poses of every frame,
@@ -214,6 +217,7 @@ class PoseDecoder(ProjectValuesMixin, nn.Module):
                 flat["valid_ratios"],
                 flat["padding_mask"],
                 None if values is None else values[i],
+                query_padding_mask,
             )
             poses = refine_per_frame(refs, tgt, self.refine[i])
             outputs.append(
