@@ -140,16 +140,21 @@ class VEPE(PoseModelBase):
             self.level_embed.requires_grad_(False)
 
     @classmethod
+    def build_decoders(cls, cfg, num_keypoints: int) -> Dict:
+        # The image model's spatial decoders, built where it builds them: one seed gives the
+        # same spatial phase.
+        joint = cfg.MODEL.VPOSE.JOINT_DEC_LAYERS > 0
+        return {
+            "pose_decoder": PoseDecoder(cfg, num_keypoints=num_keypoints),
+            "joint_decoder": JointDecoder(cfg, num_keypoints=num_keypoints) if joint else None,
+        }
+
+    @classmethod
     def from_config(cls, cfg) -> Dict:
-        v, e = cfg.MODEL.VPOSE, cfg.MODEL.VEPE
+        e = cfg.MODEL.VEPE
         ret = super().from_config(cfg)
         offsets, _ = clip_offsets(cfg.INPUT.CLIP.OFFSETS)
         t, k = len(offsets), ret["num_keypoints"]
-        # The image model's order of construction: one seed, the same spatial phase.
-        ret["pose_decoder"] = PoseDecoder(cfg, num_keypoints=k)
-        ret["joint_decoder"] = (
-            JointDecoder(cfg, num_keypoints=k) if v.JOINT_DEC_LAYERS > 0 else None
-        )
         ret.update(
             {
                 "frame_offsets": offsets,
