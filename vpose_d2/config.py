@@ -154,7 +154,7 @@ def _add_pave_config(cfg: CN) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# VEPE (papers/vepe.md). The spatial phase is the image model's (MODEL.VPOSE keys, the same
+# VEPE (the VEPE paper). The spatial phase is the image model's (MODEL.VPOSE keys, the same
 # parameter names, so an ImagePoseTransformer checkpoint loads as it is); these keys are the
 # temporal phase's. "Paper silent" marks the choices the paper leaves open.
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""VEPE's instance consistency loss (papers/vepe.md, section 3.6, eq. 5): a triplet loss on the
+"""VEPE's instance consistency loss (the VEPE paper, section 3.6, eq. 5): a triplet loss on the
 instance embeddings of Hungarian-matched predictions, grouped by ground-truth track id."""
 
 import torch

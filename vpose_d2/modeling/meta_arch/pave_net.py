@@ -1,4 +1,4 @@
-"""PAVE-Net: the Pose-Aware Video transformEr Network (papers/pave_net.md, section 3).
+"""PAVE-Net: the Pose-Aware Video transformEr Network (the PAVE-Net paper, section 3).
 
 clip (B, T frames) -> backbone + spatial encoder on every frame (one (B*T) batch) -> pose
 proposals from the key frame's tokens (top N) -> spatiotemporal pose decoder (shared queries,

@@ -1,4 +1,4 @@
-"""VEPE: Video End-to-end Pose Estimation (papers/vepe.md, section 3, Fig. 2).
+"""VEPE: Video End-to-end Pose Estimation (the VEPE paper, section 3, Fig. 2).
 
 clip (B, T frames) -> spatial phase on every frame, one (B*T) batch: the image model's backbone,
 spatial encoder, proposals and pose decoder (per frame its memory, N pose queries with poses

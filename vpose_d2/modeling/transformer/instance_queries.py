@@ -1,4 +1,4 @@
-"""VEPE's instance queries (papers/vepe.md section 3.6): one learned embedding per pose-query slot
+"""VEPE's instance queries (the VEPE paper section 3.6): one learned embedding per pose-query slot
 that reads its pose query and the frame's features at the pose's keypoints, giving the selected
 query an instance embedding (the instance mask of STPE, the triplet loss, track ids)."""
 

@@ -1,4 +1,4 @@
-"""Pose query selection (VEPE's PQS, papers/vepe.md section 3.3): per frame, the pose queries the
+"""Pose query selection (VEPE's PQS, the VEPE paper section 3.3): per frame, the pose queries the
 spatial stage scores at least a threshold, as a fixed-size set with a validity mask."""
 
 from typing import Dict

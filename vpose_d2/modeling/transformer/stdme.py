@@ -1,4 +1,4 @@
-"""VEPE's Spatio-Temporal Deformable Memory Encoder (STDME, papers/vepe.md section 3.4, Fig. 3b).
+"""VEPE's Spatio-Temporal Deformable Memory Encoder (STDME, the VEPE paper section 3.4, Fig. 3b).
 
 The key frame's multi-scale memory (every token of its L maps is a query) attends within its
 frame (multi-scale deformable self-attention, MSDA), then to all T*L maps of the clip (temporal

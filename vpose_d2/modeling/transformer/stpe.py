@@ -1,4 +1,4 @@
-"""VEPE's Spatio-Temporal Pose Encoder (STPE, papers/vepe.md section 3.3, Fig. 3a).
+"""VEPE's Spatio-Temporal Pose Encoder (STPE, the VEPE paper section 3.3, Fig. 3a).
 
 The key frame's selected pose queries attend to each other (self-attention), then to the other
 frames' selected pose queries (cross-attention) under an instance mask: a key query may only
