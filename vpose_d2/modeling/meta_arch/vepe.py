@@ -50,7 +50,8 @@ from ..transformer import (
     SpatioTemporalDeformableMemoryEncoder,
     SpatioTemporalPoseEncoder,
 )
-from .base import PoseModelBase, put_scalars
+from .base import PoseModelBase
+from .petr_stages import put_scalars
 
 __all__ = ["VEPE"]
 
