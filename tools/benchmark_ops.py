@@ -1,15 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark of the multi-scale deformable attention op: compiled kernels vs the reference.
+"""Benchmark of the multi-scale deformable attention op: compiled kernels vs the reference
+(and vs the public ``torch-ms-deform-attn`` package when it is importable).
 
 Two workloads, batch 1, 8 heads x 32 channels, the four maps of a 512 x 512 input
-(strides 8, 16, 32, 64 -> 64x64, 32x32, 16x16, 8x8):
+(strides 8, 16, 32, 64 -> 64x64, 32x32, 16x16, 8x8), uniformly random locations:
 
 * ``encoder``: encoder self-attention, 4 levels, 4 points, queries = all 5440 tokens;
 * ``decoder``: clip decoder cross-attention, 300 queries x 15 points over 3 frames x 4 levels.
 
 For each device (CPU; CUDA where a GPU and the CUDA kernels exist), implementation and mode
 (forward, forward+backward) it reports the median time and the peak memory the call adds on
-top of its inputs. Every variant runs in a fresh subprocess so that no allocator state leaks
+top of its inputs.
+
+The peer is ``torch_ms_deform_attn.ms_deform_attn`` (PyPI ``torch-ms-deform-attn``, built
+from source against the installed torch). It is not a dependency of vpose_d2: install it
+anywhere, e.g. ``pip install --no-build-isolation --target DIR torch-ms-deform-attn``, and pass
+``--peer-path DIR`` (or have it importable); without it the peer column is left out.
+``--rounds N`` repeats the whole set of variants N times, one after the other, and reports the
+median over rounds: on a shared machine that interleaves the implementations, so a busy
+moment slows all of them rather than one. Every variant runs in a fresh subprocess so that no allocator state leaks
 from one to the next. CPU peak memory is measured, not estimated: the child resets the
 kernel's resident-set high-water mark (``/proc/self/clear_refs`` = 5, Linux >= 4.0) just
 before the call and reads ``VmHWM`` right after, so the number is the true peak RSS growth.
@@ -20,6 +29,8 @@ Usage::
     python tools/benchmark_ops.py            # full run (a few minutes on 2 cores)
     python tools/benchmark_ops.py --quick    # smoke run: 1 repeat, all variants in-process
     python tools/benchmark_ops.py --json out.json
+    python tools/benchmark_ops.py --cases encoder --devices cpu --threads 2 --rounds 5 \
+        --peer-path /path/to/peer
 
 ``--in-process`` (implied by ``--quick``) runs every variant in this process: much faster to
 start, but allocations freed by one variant may be reused by the next, so its memory column
@@ -38,9 +49,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+# Benchmark the checkout this file is in (and its build of vpose_d2._C), not whichever
+# vpose_d2 the environment has installed.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 MAPS_512 = [(64, 64), (32, 32), (16, 16), (8, 8)]
 CASES = {
@@ -48,6 +63,7 @@ CASES = {
     "decoder": dict(shapes=MAPS_512 * 3, queries=300, points=15, heads=8, dim=32),
 }
 IMPLS = ("compiled", "reference")
+PEER = "peer"
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -70,10 +86,24 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _import_peer(peer_path: Optional[str]):
+    """The peer package's module, or None with the reason."""
+    if peer_path and peer_path not in sys.path:
+        sys.path.insert(0, peer_path)
+    try:
+        import torch_ms_deform_attn
+    except ImportError as e:
+        return None, f"{type(e).__name__}: {e}"
+    return torch_ms_deform_attn, None
+
+
 def _run_child(spec: Dict) -> Dict:
     import torch
 
     from vpose_d2.layers.ms_deform_attn import ms_deform_attn
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
 
     case = CASES[spec["case"]]
     device = torch.device(spec["device"])
@@ -92,8 +122,21 @@ def _run_child(spec: Dict) -> Dict:
     grad_out = torch.ones(1, Q, M * D, device=device)
     cuda = device.type == "cuda"
 
+    if impl == PEER:
+        peer, reason = _import_peer(spec.get("peer_path"))
+        if peer is None:
+            raise RuntimeError(f"the peer is not importable: {reason}")
+
+        def attend(*args):
+            return peer.ms_deform_attn(*args, 64)  # im2col_step: CUDA only, no effect on CPU
+
+    else:
+
+        def attend(*args):
+            return ms_deform_attn(*args, impl=impl)
+
     def step():
-        out = ms_deform_attn(value, shapes, starts, locations, weights, impl=impl)
+        out = attend(value, shapes, starts, locations, weights)
         if grad:
             out.backward(grad_out)
         if cuda:
@@ -128,7 +171,12 @@ def _run_child(spec: Dict) -> Dict:
         step()
         times.append(time.perf_counter() - t0)
         clear_grads()
-    return {**spec, "ms": 1e3 * statistics.median(times), "peak_mib": peak_bytes / 2**20}
+    return {
+        **spec,
+        "ms": 1e3 * statistics.median(times),
+        "peak_mib": peak_bytes / 2**20,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,6 +218,17 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+cuda)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat all variants this often (median reported)"
+    )
+    parser.add_argument(
+        "--peer-path",
+        default=os.environ.get("VPOSE_PEER_PATH"),
+        help="directory holding the torch_ms_deform_attn package (env VPOSE_PEER_PATH)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -184,38 +243,88 @@ def main(argv=None) -> int:
     repeats = 1 if args.quick else args.repeats
     in_process = args.quick or args.in_process
     devices = args.devices or _devices()
+    impls = list(IMPLS)
+    peer, peer_reason = _import_peer(args.peer_path)
+    if peer is not None:
+        impls.append(PEER)
+    run = _run_child if in_process else _spawn
+    samples: Dict[tuple, List[Dict]] = {}
+    for _ in range(args.rounds):
+        for case in args.cases:
+            for device in devices:
+                for mode in MODES:
+                    for impl in impls:
+                        spec = dict(
+                            case=case,
+                            device=device,
+                            impl=impl,
+                            mode=mode,
+                            repeats=repeats,
+                            threads=args.threads,
+                            peer_path=args.peer_path,
+                        )
+                        try:
+                            result = run(spec)
+                        except RuntimeError as e:
+                            if impl != PEER:
+                                raise
+                            # e.g. a CPU-only build of the peer on a CUDA tensor
+                            result = {**spec, "ms": float("nan"), "peak_mib": float("nan")}
+                            print(f"peer failed on {case}/{device}/{mode}: {e}", file=sys.stderr)
+                        samples.setdefault((case, device, mode, impl), []).append(result)
     results = []
-    for case in args.cases:
-        for device in devices:
-            for mode in MODES:
-                for impl in IMPLS:
-                    spec = dict(case=case, device=device, impl=impl, mode=mode, repeats=repeats)
-                    results.append(_run_child(spec) if in_process else _spawn(spec))
-
-    header = (
-        f"{'case':<8} {'device':<6} {'mode':<8} | {'compiled ms':>11} {'reference ms':>12} "
-        f"{'speedup':>7} | {'compiled MiB':>12} {'reference MiB':>13} {'mem ratio':>9}"
-    )
-    lines = [header, "-" * len(header)]
+    for rounds in samples.values():
+        first = rounds[0]
+        results.append(
+            {
+                **first,
+                "ms": statistics.median(r["ms"] for r in rounds),
+                "ms_rounds": [r["ms"] for r in rounds],
+            }
+        )
     by_key = {(r["case"], r["device"], r["mode"], r["impl"]): r for r in results}
+
+    with_peer = PEER in impls
+    header = f"{'case':<8} {'device':<6} {'mode':<8} | {'compiled ms':>11} {'reference ms':>12}"
+    if with_peer:
+        header += f" {'peer ms':>8}"
+    header += f" | {'ref/comp':>8}"
+    if with_peer:
+        header += f" {'peer/comp':>9}"
+    header += f" | {'compiled MiB':>12} {'reference MiB':>13}"
+    if with_peer:
+        header += f" {'peer MiB':>8}"
+    lines = [header, "-" * len(header)]
     for case in args.cases:
         for device in devices:
             for mode in MODES:
                 c = by_key[(case, device, mode, "compiled")]
                 r = by_key[(case, device, mode, "reference")]
-                mem_ratio = c["peak_mib"] / r["peak_mib"] if r["peak_mib"] > 0 else float("nan")
-                lines.append(
-                    f"{case:<8} {device:<6} {mode:<8} | {c['ms']:>11.1f} {r['ms']:>12.1f} "
-                    f"{r['ms'] / c['ms']:>6.1f}x | {c['peak_mib']:>12.1f} {r['peak_mib']:>13.1f} "
-                    f"{mem_ratio:>9.2f}"
-                )
+                line = f"{case:<8} {device:<6} {mode:<8} | {c['ms']:>11.1f} {r['ms']:>12.1f}"
+                if with_peer:
+                    p = by_key[(case, device, mode, PEER)]
+                    line += f" {p['ms']:>8.1f}"
+                line += f" | {r['ms'] / c['ms']:>7.2f}x"
+                if with_peer:
+                    line += f" {p['ms'] / c['ms']:>8.2f}x"
+                line += f" | {c['peak_mib']:>12.1f} {r['peak_mib']:>13.1f}"
+                if with_peer:
+                    line += f" {p['peak_mib']:>8.1f}"
+                lines.append(line)
     import torch
 
+    threads = results[0]["threads"] if results else torch.get_num_threads()
     lines.append(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, repeats={repeats}, "
+        f"torch {torch.__version__}, {threads} CPU threads, repeats={repeats}, rounds={args.rounds} "
+        f"(median over rounds), "
         f"{'in-process' if in_process else 'one subprocess per variant'}; "
-        "speedup = reference / compiled time; mem ratio = compiled / reference peak"
+        "ratios = other / compiled time (> 1: compiled is faster); MiB = peak memory the call "
+        "adds"
     )
+    if not with_peer:
+        lines.append(f"peer torch-ms-deform-attn not importable ({peer_reason}); see --peer-path")
+    else:
+        lines.append(f"peer: torch-ms-deform-attn {getattr(peer, '__version__', '?')}")
     print("\n".join(lines))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
