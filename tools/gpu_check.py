@@ -59,8 +59,8 @@ TRAVEL_LIMIT_BYTES = 64 * 2**20
 # What the GPU machine has, and what must travel
 # ----------------------------------------------------------------------------------------------
 GPU_PYTHON = (3, 12)
-#: The device image's Python distributions, as /work/.library/device/KINDS.md lists them (read
-#: on a machine on 2026-11-17). Versions are not all known; only names are checked against it.
+#: The GPU machine image's Python distributions, as listed for that image on 2026-11-17.
+#: Versions are not all known; only names are checked against it.
 GPU_IMAGE_PACKAGES_TEXT = """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
 build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
