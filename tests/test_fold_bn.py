@@ -149,8 +149,7 @@ def test_batchnorm2d_in_eval_folds_too(norm):
         assert _max_rel(conv(x), ref) < 1e-6
 
 
-def test_pave_net_r50_outputs_unchanged_by_folding():
-    """The real target: PAVE-Net R50 (FrozenBN backbone), eval outputs before and after."""
+def _small_pave_r50_cfg():
     cfg = get_cfg()
     add_vpose_config(cfg)
     merge_config_file(cfg, "configs/pave_r50.yaml")
@@ -162,6 +161,12 @@ def test_pave_net_r50_outputs_unchanged_by_folding():
     cfg.MODEL.VPOSE.NUM_QUERIES = 10
     cfg.MODEL.VPOSE.NUM_JOINT_PERSONS_TEST = 5
     cfg.TEST.DETECTIONS_PER_IMAGE = 5
+    return cfg
+
+
+def test_pave_net_r50_outputs_unchanged_by_folding():
+    """The real target: PAVE-Net R50 (FrozenBN backbone), eval outputs before and after."""
+    cfg = _small_pave_r50_cfg()
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     _randomise_norms(model, 3)
@@ -177,3 +182,33 @@ def test_pave_net_r50_outputs_unchanged_by_folding():
         out = model([clip])[0]["instances"]
     assert _max_rel(out.scores, ref.scores) < 1e-5
     assert _max_rel(out.pred_keypoints, ref.pred_keypoints) < 1e-5
+
+
+def test_predictor_folds_the_model_it_builds_and_leaves_a_given_one(tmp_path):
+    """VideoPosePredictor(cfg) folds after loading MODEL.WEIGHTS; results equal the unfolded
+    model's, and a model passed in with ``model=`` is used as it is."""
+    import numpy as np
+
+    from vpose_d2.engine.predictor import VideoPosePredictor
+
+    cfg = _small_pave_r50_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 96
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    _randomise_norms(model, 4)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model.pth")
+    torch.save({"model": model.state_dict()}, cfg.MODEL.WEIGHTS)
+
+    folded = VideoPosePredictor(cfg, track=False)
+    convs = [m for m in folded.model.modules() if isinstance(m, Conv2d)]
+    assert sum(type(m) is FoldedConv2d for m in convs) == 53
+    given = VideoPosePredictor(cfg, model=model, track=False)
+    assert not any(isinstance(m, FoldedConv2d) for m in given.model.modules())
+
+    rng = np.random.default_rng(0)
+    video = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    for a, b in zip(folded(video), given(video)):
+        assert a.index == b.index
+        assert _max_rel(a.instances.scores, b.instances.scores) < 1e-5
+        assert _max_rel(a.instances.pred_keypoints, b.instances.pred_keypoints) < 1e-5
