@@ -12,7 +12,7 @@ Example::
 
     python demo/video_demo.py --config-file configs/quick/pave_synthetic.yaml \\
         --input datasets/synthetic_posetrack/images/val/000000 --output output/demo \\
-        --opts MODEL.WEIGHTS output/main_job/pave/model_final.pth
+        --opts MODEL.WEIGHTS output/main_job/pave_synthetic/model_final.pth
 """
 
 import argparse

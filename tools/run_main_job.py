@@ -5,10 +5,11 @@ On a fresh checkout (``make setup`` done) this
 
 1. writes the synthetic PoseTrack set into ``datasets/synthetic_posetrack`` if it is absent
    (``tools/make_synthetic_posetrack.py``);
-2. trains ``configs/quick/pave_synthetic.yaml`` into ``output/main_job/pave``
-   (``tools/train_net.py``; the PoseTrack evaluation of ``synthetic_posetrack_val`` runs after
-   the last iteration) for ``--max-iter`` iterations (default 450, sized to about 10 minutes
-   on 2 CPU cores; 0 runs the config's own, longer schedule);
+2. trains ``configs/quick/pave_synthetic.yaml`` (or ``--config-file``) into
+   ``output/main_job/pave_synthetic`` (the config's name) with ``tools/train_net.py`` (the
+   PoseTrack evaluation of ``synthetic_posetrack_val`` runs after the last iteration), for
+   ``--max-iter`` iterations (default 450, sized to about 10 minutes on 2 CPU cores; 0 runs
+   the config's own, longer schedule);
 3. prints the PoseTrack table of that evaluation (official protocol, re-scored from the
    prediction files the evaluator wrote);
 4. runs the demo (``demo/video_demo.py``) on a held-out synthetic val video and on ``--clip``
@@ -169,7 +170,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir",
         default="output/main_job",
-        help="training under OUTPUT/pave, demos under OUTPUT/demo",
+        help="training under OUTPUT/CONFIG_NAME (e.g. pave_synthetic), demos under OUTPUT/demo",
     )
     parser.add_argument(
         "--data-root",
@@ -190,7 +191,7 @@ def get_parser() -> argparse.ArgumentParser:
         "default fits the ~10-minute budget on 2 CPU cores; 0 runs the config's own schedule",
     )
     parser.add_argument(
-        "--skip-training", action="store_true", help="reuse OUTPUT/pave/model_final.pth"
+        "--skip-training", action="store_true", help="reuse OUTPUT/CONFIG_NAME/model_final.pth"
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     return parser
@@ -201,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     py = sys.executable
     out = (REPO / args.output_dir).resolve()
-    train_dir = out / "pave"
+    # One folder per config, so main jobs of different models keep their own weights.
+    train_dir = out / Path(args.config_file).stem
     data_root = (REPO / args.data_root).resolve()
     times = {}
     start = time.perf_counter()
