@@ -21,7 +21,7 @@ from vpose_d2.engine.predictor import VideoPosePredictor
 from vpose_d2.engine.trainer import StrictShapeCheckpointer
 from vpose_d2.modeling.losses import instance_consistency_loss
 from vpose_d2.modeling.meta_arch import VEPE, ImagePoseTransformer
-from vpose_d2.modeling.transformer import PoseQuerySelection, instance_mask
+from vpose_d2.modeling.transformer import InstanceQueries, PoseQuerySelection, instance_mask
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 E = 8  # instance embedding size of the tiny model
@@ -482,3 +482,38 @@ def test_overfits_a_clip(one_thread):
     # Means of the first and last three steps (a step can jump when the matching changes).
     assert np.mean(total[-3:]) < 0.4 * np.mean(total[:3]), total
     assert np.mean(temporal[-3:]) < np.mean(temporal[:3]) - 1.0, temporal
+
+
+def test_instance_head_norm_keeps_nearly_equal_queries_apart():
+    """The BatchNorm head (MODEL.VEPE.INSTANCE_HEAD_NORM "BN") standardises each channel over
+    the valid slots: head outputs that share one dominant component (the collapse the quick
+    runs fell into without it: cosine 0.999 between all embeddings) come out spread, padding
+    slots neither enter the statistics nor get an embedding, and eval mode is per row."""
+    torch.manual_seed(0)
+    kw = dict(num_queries=6, num_keypoints=K, embed_dim=16, out_dim=E, num_levels=2)
+    with_bn = InstanceQueries(**kw, head_norm="BN").train()
+    without = InstanceQueries(**kw, head_norm="")
+    common = torch.randn(E) * 10
+    z = common + 0.01 * torch.randn(2, 6, E)  # (B, M, E): one direction dominates every row
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+
+    def mean_cos(x):
+        x = torch.nn.functional.normalize(x[valid], dim=-1)
+        s = x @ x.t()
+        return s[~torch.eye(len(x), dtype=torch.bool)].mean().item()
+
+    assert mean_cos(without._normalize_head(z, valid)) > 0.99
+    out = with_bn._normalize_head(z, valid)
+    assert abs(mean_cos(out)) < 0.3
+    assert torch.all(out[~valid] == 0)
+    # Padding rows do not enter the statistics: changing them changes nothing.
+    z2 = z.clone()
+    z2[1, 4:] = 1e3
+    torch.testing.assert_close(with_bn._normalize_head(z2, valid), out)
+    # Eval: running statistics, so a row's embedding does not depend on the other rows.
+    with_bn.eval()
+    one = with_bn._normalize_head(z[:1, :1], valid[:1, :1])
+    torch.testing.assert_close(one[0, 0], with_bn._normalize_head(z, valid)[0, 0])
+    with pytest.raises(ValueError, match="INSTANCE_HEAD_NORM"):
+        InstanceQueries(**kw, head_norm="LN")

@@ -26,7 +26,8 @@ class InstanceQueries(nn.Module):
     one key is 1, so that attention is this linear map), then each layer lets the frame's
     selected instance queries attend to each other (self-attention, invalid slots left out)
     and samples the frame's memory at the pose's keypoints (pose-aware deformable attention,
-    one frame), FFN. A linear head and L2 normalization give the embedding.
+    one frame), FFN. A linear head, a BatchNorm over the selected queries (``head_norm``) and L2
+    normalization give the embedding.
     """
 
     @configurable
@@ -43,6 +44,7 @@ class InstanceQueries(nn.Module):
         dropout: float = 0.1,
         num_levels: int = 4,
         attn_impl: str = "auto",
+        head_norm: str = "BN",
     ):
         """
         Args:
@@ -53,10 +55,14 @@ class InstanceQueries(nn.Module):
             num_layers: layers (>= 1).
             num_heads, dim_feedforward, dropout, num_levels: transformer sizes.
             attn_impl: forwarded to ``ms_deform_attn``.
+            head_norm: "BN": a BatchNorm1d over the selected queries' head outputs before the
+                L2 normalization (see MODEL.VEPE.INSTANCE_HEAD_NORM); "": none.
         """
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"MODEL.VEPE.INSTANCE_LAYERS={num_layers} must be >= 1")
+        if head_norm not in ("BN", ""):
+            raise ValueError(f"MODEL.VEPE.INSTANCE_HEAD_NORM={head_norm!r} must be 'BN' or ''")
         self.num_queries = num_queries
         self.query_embed = nn.Embedding(num_queries, embed_dim)
         self.pose_proj = nn.Linear(embed_dim, embed_dim)
@@ -75,6 +81,7 @@ class InstanceQueries(nn.Module):
             for _ in range(num_layers)
         )
         self.head = nn.Linear(embed_dim, out_dim)
+        self.head_norm = nn.BatchNorm1d(out_dim) if head_norm == "BN" else None
 
     @classmethod
     def from_config(cls, cfg, num_keypoints: int) -> Dict:
@@ -90,6 +97,7 @@ class InstanceQueries(nn.Module):
             "dropout": v.DROPOUT,
             "num_levels": v.NUM_FEATURE_LEVELS,
             "attn_impl": v.ATTN_IMPL,
+            "head_norm": e.INSTANCE_HEAD_NORM,
         }
 
     def forward(
@@ -133,4 +141,22 @@ class InstanceQueries(nn.Module):
                 None,
                 ~valid,
             )
-        return F.normalize(self.head(tgt), dim=-1)
+        return F.normalize(self._normalize_head(self.head(tgt), valid), dim=-1)
+
+    def _normalize_head(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, M, E) head outputs -> the same, BatchNorm'd over the valid slots only (padding
+        slots would bias the statistics; they come out 0). A training batch with a single
+        valid slot uses the running statistics (a batch variance needs two)."""
+        if self.head_norm is None:
+            return z
+        rows = z[valid]
+        bn = self.head_norm
+        if self.training and rows.shape[0] > 1:
+            rows = bn(rows)
+        else:
+            rows = F.batch_norm(
+                rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+        out = z.new_zeros(z.shape)
+        out[valid] = rows
+        return out
