@@ -52,6 +52,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, get_event_storage
 from torch import nn
 
+from ..data.clip import clip_offsets
+
 __all__ = [
     "CheckpointFileError",
     "LAYOUT_KEY",
@@ -125,8 +127,7 @@ def model_layout(model: nn.Module, cfg=None) -> Dict[str, Any]:
         if num_frames == 1:
             offsets = [0]
         elif cfg is not None:
-            # The clip mapper's frame order: the offsets sorted, the key frame (0) among them.
-            offsets = sorted(set(int(o) for o in cfg.INPUT.CLIP.OFFSETS) | {0})
+            offsets = clip_offsets(cfg.INPUT.CLIP.OFFSETS)[0]  # the clip mapper's order
     k = getattr(model, "num_keypoints", None)
     return {
         "meta_architecture": type(model).__name__,
