@@ -3,6 +3,7 @@ training and later weight loads stay exact."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -11,6 +12,7 @@ from detectron2.modeling import build_model, build_resnet_backbone
 
 from vpose_d2.config import add_vpose_config
 from vpose_d2.engine import merge_config_file
+from vpose_d2.engine.predictor import VideoPosePredictor
 from vpose_d2.modeling.backbone import (
     FoldedConv2d,
     fold_frozen_batchnorm,
@@ -187,10 +189,6 @@ def test_pave_net_r50_outputs_unchanged_by_folding():
 def test_predictor_folds_the_model_it_builds_and_leaves_a_given_one(tmp_path):
     """VideoPosePredictor(cfg) folds after loading MODEL.WEIGHTS; results equal the unfolded
     model's, and a model passed in with ``model=`` is used as it is."""
-    import numpy as np
-
-    from vpose_d2.engine.predictor import VideoPosePredictor
-
     cfg = _small_pave_r50_cfg()
     cfg.INPUT.MIN_SIZE_TEST = 64
     cfg.INPUT.MAX_SIZE_TEST = 96

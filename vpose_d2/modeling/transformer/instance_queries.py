@@ -151,12 +151,12 @@ class InstanceQueries(nn.Module):
             return z
         rows = z[valid]
         bn = self.head_norm
-        if self.training and rows.shape[0] > 1:
-            rows = bn(rows)
-        else:
+        if self.training and rows.shape[0] < 2:
             rows = F.batch_norm(
                 rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
             )
+        else:
+            rows = bn(rows)  # batch statistics in training, running ones in eval
         out = z.new_zeros(z.shape)
         out[valid] = rows
         return out
