@@ -14,8 +14,8 @@ from detectron2.structures import Boxes, Instances
 
 from vpose_d2.config import get_vpose_cfg
 from vpose_d2.modeling.backbone import TimmBackbone
-from vpose_d2.modeling.meta_arch import resolve_keypoint_meta
 from vpose_d2.modeling.clip_memory import ClipMemory, level_start_index
+from vpose_d2.modeling.meta_arch import resolve_keypoint_meta
 from vpose_d2.modeling.transformer import JointDecoder, PoseDecoder
 
 K = 15
